@@ -1,0 +1,23 @@
+"""gradflow: measure how gradients vanish or explode through depth and time, in JAX."""
+
+from gradflow import activations
+from gradflow import chain
+from gradflow import gradients
+from gradflow import init
+from gradflow import jacobians
+from gradflow import models
+from gradflow import spectra
+from gradflow.chain import Chain
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chain",
+    "activations",
+    "chain",
+    "gradients",
+    "init",
+    "jacobians",
+    "models",
+    "spectra",
+]

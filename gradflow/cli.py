@@ -1,0 +1,65 @@
+"""The ``gradflow`` command: ``list`` and ``figures`` (later issues add ``sweep``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cmd_list(args) -> int:
+    from gradflow import experiments
+
+    for name in experiments.names():
+        print(f"{name:14s} {experiments.get(name).DESCRIPTION}")
+    return 0
+
+
+def _cmd_figures(args) -> int:
+    from gradflow import experiments
+
+    names = args.only or list(experiments.names())
+    for name in names:  # validate all names before running anything
+        experiments.get(name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name in names:
+        t0 = time.perf_counter()
+        result = experiments.get(name).run(out, full=args.full)
+        dt = time.perf_counter() - t0
+        summary[name] = {"seconds": round(dt, 2), **(result or {})}
+        print(f"[gradflow] {name}: {dt:.1f} s -> {out / name}", flush=True)
+    from gradflow.experiments._io import save_json
+
+    save_json(summary, out / "summary.json")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list the experiments, one line each")
+    p.set_defaults(func=_cmd_list)
+    p = sub.add_parser("figures", help="run experiments and write DIR/NAME/*.png plus their numbers")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
+    p.add_argument("--full", action="store_true", help="paper-sized runs instead of CPU-sized")
+    p.set_defaults(func=_cmd_figures)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # bad names/arguments: one line, no traceback
+        print(f"gradflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

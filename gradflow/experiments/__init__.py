@@ -1,0 +1,28 @@
+"""Reproduced experiments. Each module defines ``NAME``, ``DESCRIPTION`` and
+``run(out_dir, *, full=False) -> dict``, writing ``out_dir/NAME/*.png`` plus the numbers behind
+every figure (``.json``/``.npz``) and returning a JSON-able summary.
+
+To add an experiment, add its module to :data:`REGISTRY` (one line).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["REGISTRY", "names", "get"]
+
+REGISTRY: dict[str, str] = {
+    "vanishing": "gradflow.experiments.vanishing",
+}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> ModuleType:
+    """The experiment module called ``name``; ValueError listing the valid names otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown experiment {name!r}; expected one of {', '.join(REGISTRY)}")
+    return importlib.import_module(REGISTRY[name])

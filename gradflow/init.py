@@ -1,0 +1,173 @@
+"""Weight initialisers, Flax-compatible: each factory returns ``init(key, shape, dtype) -> array``.
+
+Kernels follow Flax's ``(fan_in, fan_out)`` layout, so ``fan_in = shape[-2]`` for matrices
+(``shape[0]`` for vectors). Stacked kernels (``(L, fan_in, fan_out)``) are initialised one layer at a
+time by the models, so every initialiser here sees a single layer's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from gradflow import activations as _act
+
+__all__ = [
+    "Initializer",
+    "glorot",
+    "glorot_normal",
+    "glorot_uniform",
+    "he",
+    "lecun",
+    "orthogonal",
+    "gaussian",
+    "kumar",
+    "kumar_std",
+    "yilmaz_poli",
+    "yilmaz_poli_mean",
+    "zeros",
+    "gaussian_bias",
+]
+
+Initializer = Callable[..., jax.Array]
+
+
+def _fan_in(shape) -> int:
+    if len(shape) == 0:
+        raise ValueError("initialiser shape must have at least one axis, got ()")
+    return int(shape[-2]) if len(shape) >= 2 else int(shape[0])
+
+
+def _check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite positive number, got {value}")
+    return value
+
+
+def _normal(std_of_fan_in: Callable[[int], float], mean_of_fan_in=lambda n: 0.0) -> Initializer:
+    """N(mean(fan_in), std(fan_in)²) elementwise."""
+
+    def init(key, shape, dtype=jnp.float32):
+        n = _fan_in(shape)
+        z = jax.random.normal(key, shape, dtype)
+        return (mean_of_fan_in(n) + std_of_fan_in(n) * z).astype(dtype)
+
+    return init
+
+
+def glorot_uniform() -> Initializer:
+    """U(±√(6/(fan_in+fan_out))) — Glorot & Bengio 2010, eq. 16 ("normalized initialization")."""
+    return jax.nn.initializers.glorot_uniform()
+
+
+def glorot_normal() -> Initializer:
+    """N(0, 2/(fan_in+fan_out)) — Glorot & Bengio 2010, the variance of eq. 16 as a Gaussian."""
+    return jax.nn.initializers.glorot_normal()
+
+
+def glorot(distribution: str = "uniform") -> Initializer:
+    """Glorot/Xavier initialisation, ``distribution`` in {"uniform", "normal"}."""
+    if distribution == "uniform":
+        return glorot_uniform()
+    if distribution == "normal":
+        return glorot_normal()
+    raise ValueError(f"glorot distribution must be 'uniform' or 'normal', got {distribution!r}")
+
+
+def he() -> Initializer:
+    """N(0, 2/fan_in) — He et al. 2015, "Delving deep into rectifiers", eq. 10."""
+    return gaussian(math.sqrt(2.0))
+
+
+def lecun() -> Initializer:
+    """N(0, 1/fan_in) — LeCun et al. 1998, "Efficient BackProp", §4.6."""
+    return gaussian(1.0)
+
+
+def gaussian(sigma_w: float) -> Initializer:
+    """N(0, σ_w²/fan_in): the mean-field parametrisation of Poole et al. 2016 (arXiv:1606.05340).
+
+    Args:
+      sigma_w: weight scale σ_w > 0.
+    """
+    sigma_w = _check_positive("sigma_w", sigma_w)
+    return _normal(lambda n: sigma_w / math.sqrt(n))
+
+
+def orthogonal(gain: float = 1.0) -> Initializer:
+    """Haar-orthogonal matrix times ``gain``, so W Wᵀ = gain² I for square W (Saxe et al. 2013)."""
+    gain = _check_positive("gain", gain)
+    return jax.nn.initializers.orthogonal(scale=gain)
+
+
+def kumar_std(activation: _act.ActivationLike, fan_in: int) -> float:
+    """Kumar's standard deviation for one layer.
+
+    For φ differentiable at 0, Kumar (2017, arXiv:1704.08863, §3, eq. 9) keeps the pre-activation
+    variance fixed by v² = 1 / (N φ'(0)² (1 + φ(0)²)); the logistic function gives
+    v = √(12.8/N) ≈ 3.58/√N, which the paper rounds to 3.6/√N. ReLU (not differentiable at 0) gets
+    2/N (§3.2, as He et al.); for leaky ReLU with slope a we use He's 2/((1+a²)N).
+    """
+    act = _act.get(activation)
+    if act.relu_like:
+        slope = _act.LEAKY_RELU_SLOPE if act.name == "leaky_relu" else 0.0
+        return math.sqrt(2.0 / ((1.0 + slope**2) * fan_in))
+    d0, f0 = act.deriv_at_zero, act.value_at_zero
+    if d0 == 0:
+        raise ValueError(
+            f"Kumar's rule needs φ'(0) ≠ 0; activation {act.name!r} has φ'(0) = 0"
+        )
+    return 1.0 / math.sqrt(fan_in * d0**2 * (1.0 + f0**2))
+
+
+def kumar(activation: _act.ActivationLike) -> Initializer:
+    """N(0, v²) with Kumar's per-activation v (see :func:`kumar_std`); 3.6/√N-ish for sigmoid."""
+    act = _act.get(activation)
+    kumar_std(act, 1)  # validate once, eagerly, so a bad activation fails at construction
+    return _normal(lambda n: kumar_std(act, n))
+
+
+def yilmaz_poli_mean(fan_in: int) -> float:
+    """max(−1, −8/N): the mean weight of Yilmaz & Poli 2022 (Neural Networks 153:87–103)."""
+    return max(-1.0, -8.0 / fan_in)
+
+
+def yilmaz_poli(std: float | None = None) -> Initializer:
+    """Logistic-network weights with the negative mean of Yilmaz & Poli (2022).
+
+    W ~ N(μ, s²) with μ = max(−1, −8/N), N the fan-in (the number of neurons feeding the layer). The
+    paper's two theoretical models (the expected back-propagated gradient of a logistic MLP as a
+    function of the mean initial weight, and a sufficient condition for it to vanish) fix the
+    mean only: gradients do not vanish when it is negative and ∝ 1/N. The paper's full text was
+    not available to this project, so the spread is a free parameter here. The default s = 1/√N (LeCun scale) keeps the zero-mean part of the
+    pre-activation at unit variance; pass ``std`` to use another spread.
+
+    Args:
+      std: standard deviation s; ``None`` for 1/√N.
+    """
+    if std is not None:
+        std = _check_positive("std", std)
+    return _normal(
+        (lambda n: std) if std is not None else (lambda n: 1.0 / math.sqrt(n)), yilmaz_poli_mean
+    )
+
+
+def zeros() -> Initializer:
+    """All-zero biases."""
+    return jax.nn.initializers.zeros
+
+
+def gaussian_bias(sigma_b: float) -> Initializer:
+    """N(0, σ_b²) biases (no fan-in scaling), as in the mean-field literature."""
+    sigma_b = float(sigma_b)
+    if not math.isfinite(sigma_b) or sigma_b < 0:
+        raise ValueError(f"sigma_b must be finite and >= 0, got {sigma_b}")
+
+    def init(key, shape, dtype=jnp.float32):
+        return (sigma_b * jax.random.normal(key, shape, dtype)).astype(dtype)
+
+    return init
