@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="list the experiments, one line each")
     p.set_defaults(func=_cmd_list)
-    p = sub.add_parser("figures", help="run experiments and write DIR/NAME/*.png plus their numbers")
+    p = sub.add_parser(
+        "figures", help="run experiments and write DIR/NAME/*.png plus their numbers"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
     p.add_argument("--full", action="store_true", help="paper-sized runs instead of CPU-sized")

@@ -16,6 +16,7 @@ def _atomic_target(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     return Path(tmp)
 
 
