@@ -5,6 +5,7 @@ from gradflow import chain
 from gradflow import gradients
 from gradflow import init
 from gradflow import jacobians
+from gradflow import lyapunov
 from gradflow import models
 from gradflow import spectra
 from gradflow.chain import Chain
@@ -18,6 +19,7 @@ __all__ = [
     "gradients",
     "init",
     "jacobians",
+    "lyapunov",
     "models",
     "spectra",
 ]
