@@ -2,6 +2,7 @@
 
 from gradflow import activations
 from gradflow import chain
+from gradflow import dynamics
 from gradflow import gradients
 from gradflow import init
 from gradflow import jacobians
@@ -16,6 +17,7 @@ __all__ = [
     "Chain",
     "activations",
     "chain",
+    "dynamics",
     "gradients",
     "init",
     "jacobians",
