@@ -14,6 +14,7 @@ __all__ = ["REGISTRY", "names", "get"]
 
 REGISTRY: dict[str, str] = {
     "vanishing": "gradflow.experiments.vanishing",
+    "pascanu2013": "gradflow.experiments.pascanu2013",
 }
 
 
