@@ -9,6 +9,7 @@ from gradflow import jacobians
 from gradflow import lyapunov
 from gradflow import models
 from gradflow import spectra
+from gradflow import sweep
 from gradflow.chain import Chain
 
 __version__ = "0.1.0"
@@ -24,4 +25,5 @@ __all__ = [
     "lyapunov",
     "models",
     "spectra",
+    "sweep",
 ]

@@ -1,4 +1,4 @@
-"""The ``gradflow`` command: ``list`` and ``figures`` (later issues add ``sweep``)."""
+"""The ``gradflow`` command: ``list``, ``figures`` and ``sweep`` (later issues add more)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,31 @@ def _cmd_figures(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from gradflow import sweep
+
+    config = Path(args.config)
+    if not config.is_file():
+        raise ValueError(f"CONFIG {config} is not a file")
+    sw, run_opts = sweep.from_toml(config)
+    if args.batch_size is not None:
+        run_opts["batch_size"] = args.batch_size
+    if args.memory_budget is not None:
+        run_opts["memory_budget"] = args.memory_budget
+    t0 = time.perf_counter()
+    result = sweep.run(sw, args.out, quiet=args.quiet, **run_opts)
+    dt = time.perf_counter() - t0
+    session = result.manifest["sessions"][-1]
+    if not args.quiet:
+        print(
+            f"[gradflow] sweep {config.name}: {sw.n_configs} configs, "
+            f"{session['chunks_computed']} chunk(s) computed, {session['chunks_skipped']} "
+            f"skipped, {dt:.1f} s -> {args.out}",
+            flush=True,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
     p.add_argument("--full", action="store_true", help="paper-sized runs instead of CPU-sized")
     p.set_defaults(func=_cmd_figures)
+    p = sub.add_parser(
+        "sweep", help="run (or resume) the sweep described by a TOML file, chunk by chunk"
+    )
+    p.add_argument("config", metavar="CONFIG.toml", help="sweep description (see examples/)")
+    p.add_argument("--out", required=True, help="results directory; rerun to resume")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--batch-size", type=int, help="configurations vmapped per device per step")
+    p.add_argument("--memory-budget", help="bytes per device per chunk, e.g. 512MB (default 1GiB)")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

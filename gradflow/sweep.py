@@ -1,0 +1,1343 @@
+"""Sweeps: a measurement over a grid of configurations, jit + vmap + sharded, chunked and resumable.
+
+A sweep is a set of named axes with their values (``seed``, ``sigma_w``, ``depth``, ``activation``
+…) and a *measurement*, a function ``measure(point) -> pytree of arrays`` of one configuration
+``point`` (a dict axis name -> value). The axes split in two:
+
+- **static** axes change shapes or code (``depth``, ``width``, ``activation``, ``init``): the sweep
+  loops over their combinations in Python and compiles the measurement once per combination;
+- **batched** axes are numbers that change no shape (``seed``, ``sigma_w``, ``sigma_b``,
+  ``init_scale``, ``init_mean``): all their combinations are flattened into one batch, vmapped
+  inside one ``jit``, split over every device with ``jax.shard_map`` and cut into chunks that fit
+  a memory budget. Inside the measurement they are 0-d traced arrays.
+
+Every chunk is written atomically (write to a temporary name, then rename) to ``out_dir/chunks/``
+and recorded in ``out_dir/manifest.json`` (config, gradflow/JAX versions, devices, wall time), so a
+sweep killed at any point resumes where it stopped: finished chunks are never recomputed, and a
+different config in the same directory raises ``ValueError`` instead of mixing results.
+
+Results are :class:`LabelledArray` s (values + dimension names + coordinates), one per leaf of the
+measurement's output; :func:`load` reads a finished (or partial) directory back.
+
+Reproducibility: a configuration's numbers depend only on the configuration and on the number of
+configurations vmapped together on one device (``batch_size``; XLA may pick different kernels for
+different batch sizes). With the same ``batch_size``, 1 and 8 devices give bitwise-identical
+results. ``memory_budget`` picks ``batch_size`` from a compiled memory estimate and caps it at
+what the grid needs on the available devices, so pass ``batch_size`` explicitly when bitwise
+equality across machines with different device counts matters.
+
+Multi-host
+----------
+Sweeps scale out on JAX's own machinery, not on a scheduler of their own. Start the same script
+on every host after ``jax.distributed.initialize`` (on Cloud TPU, Slurm and Open MPI clusters it
+takes its arguments from the environment; elsewhere pass ``coordinator_address``,
+``num_processes`` and ``process_id``)::
+
+    import jax
+    jax.distributed.initialize()          # before any other JAX call
+    import gradflow as gf
+    sw = gf.sweep.from_toml("examples/jacobian_spectrum.toml")
+    gf.sweep.run(sw, "/shared/results/spectra")
+
+``jax.devices()`` then lists every device of every host, the mesh spans all of them, each host
+feeds only its own devices' slice of every chunk (``jax.make_array_from_callback``) and the
+results are gathered with ``multihost_utils.process_allgather``. Only process 0 writes, so
+``out_dir`` should be on a filesystem every host can read (resuming reads it on every host; process
+0's view of which chunks are finished is broadcast to the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import importlib
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gradflow import _checks
+
+__all__ = [
+    "DEFAULT_STATIC",
+    "MEASUREMENTS",
+    "LabelledArray",
+    "Measurement",
+    "Sweep",
+    "SweepResult",
+    "from_toml",
+    "load",
+    "measurement",
+    "mlp_from_point",
+    "parse_bytes",
+    "run",
+]
+
+FORMAT = 1
+MESH_AXIS = "configs"
+MANIFEST = "manifest.json"
+CHUNKS = "chunks"
+RESULTS = "results.npz"
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes per device for one chunk's working set
+
+# Axis names that change shapes or code unless a sweep says otherwise; any axis with a
+# non-numeric value (a string, a bool) is static too.
+DEFAULT_STATIC = frozenset(
+    {"depth", "width", "activation", "init", "norm", "residual", "batch", "input_dim", "steps", "k"}
+)
+_DTYPES = ("float32", "float64")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled arrays and results
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledArray:
+    """An array with named dimensions and, for the sweep's axes, coordinates.
+
+    Attributes:
+      values: NumPy array.
+      dims: one name per dimension of ``values``; sweep axes first (in the sweep's axis order),
+        then the measurement's own output dimensions (named by the measurement, or ``dim_0`` …).
+      coords: axis name -> 1-D array of coordinate values, for the sweep axes among ``dims``.
+    """
+
+    values: np.ndarray
+    dims: tuple[str, ...]
+    coords: Mapping[str, np.ndarray]
+
+    def __post_init__(self):
+        if len(self.dims) != np.ndim(self.values):
+            raise ValueError(f"dims {self.dims} do not match values of shape {self.values.shape}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+    def _axis(self, dim: str) -> int:
+        if dim not in self.dims:
+            raise ValueError(f"no dimension {dim!r}; dims are {self.dims}")
+        return self.dims.index(dim)
+
+    def isel(self, **indexers) -> LabelledArray:
+        """Selects by integer position; an int drops the dimension, a list/slice keeps it."""
+        values, dims, coords = self.values, list(self.dims), dict(self.coords)
+        for dim, idx in indexers.items():
+            ax = dims.index(dim) if dim in dims else self._axis(dim)
+            sl = [slice(None)] * values.ndim
+            sl[ax] = idx
+            values = values[tuple(sl)]
+            if isinstance(idx, (int, np.integer)):
+                dims.pop(ax)
+                coords.pop(dim, None)
+            elif dim in coords:
+                coords[dim] = np.asarray(coords[dim])[idx]
+        return LabelledArray(values, tuple(dims), coords)
+
+    def sel(self, **indexers) -> LabelledArray:
+        """Selects by coordinate value (exact match): a scalar drops the dim, a list keeps it."""
+        positions = {}
+        for dim, value in indexers.items():
+            if dim not in self.coords:
+                raise ValueError(
+                    f"no coordinates for {dim!r}; labelled dims are {tuple(self.coords)}"
+                )
+            coord = list(np.asarray(self.coords[dim]).tolist())
+
+            def find(v, dim=dim, coord=coord):
+                try:
+                    return coord.index(v)
+                except ValueError:
+                    raise ValueError(f"{dim}={v!r} is not among {coord}") from None
+
+            if isinstance(value, (list, tuple, np.ndarray)):
+                positions[dim] = [find(v) for v in np.asarray(value).tolist()]
+            else:
+                positions[dim] = find(value)
+        return self.isel(**positions)
+
+    def reduce(self, func: Callable, dim: str) -> LabelledArray:
+        """Applies ``func(values, axis=...)`` (e.g. ``np.median``) over ``dim``, dropping it."""
+        ax = self._axis(dim)
+        coords = {k: v for k, v in self.coords.items() if k != dim}
+        return LabelledArray(
+            np.asarray(func(self.values, axis=ax)), self.dims[:ax] + self.dims[ax + 1 :], coords
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """The outputs of a sweep, one labelled array per leaf of the measurement's output.
+
+    Attributes:
+      config: the sweep's canonical config (see :meth:`Sweep.config`).
+      blocks: one dict per static combination (in :meth:`Sweep.shapes` order) mapping output name
+        -> array ``(*batched_shape, *output_shape)``; entries missing from a partial sweep are
+        NaN-filled.
+      manifest: the directory's manifest, or ``None`` for an in-memory sweep.
+    """
+
+    config: Mapping[str, Any]
+    blocks: tuple[Mapping[str, np.ndarray], ...]
+    manifest: Mapping[str, Any] | None = None
+
+    @property
+    def axes(self) -> dict[str, tuple]:
+        return {k: tuple(v) for k, v in self.config["axes"].items()}
+
+    @property
+    def static(self) -> tuple[str, ...]:
+        return tuple(self.config["static"])
+
+    @property
+    def batched(self) -> tuple[str, ...]:
+        return tuple(a for a in self.axes if a not in self.static)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the measurement's outputs (leaf paths joined by ``/``)."""
+        return tuple(self.blocks[0]) if self.blocks else ()
+
+    def _trailing_dims(self, name: str, ndim: int) -> tuple[str, ...]:
+        given = tuple(self.config["measure"].get("output_dims", {}).get(name, ()))
+        return given[:ndim] + tuple(f"dim_{i}" for i in range(len(given), ndim))
+
+    def block(self, name: str, **static) -> LabelledArray:
+        """Output ``name`` for one static combination (every static axis given by value).
+
+        Returns:
+          :class:`LabelledArray` with dims ``(*batched axes, *output dims)``.
+        """
+        axes = self.axes
+        missing = [a for a in self.static if a not in static]
+        extra = [a for a in static if a not in self.static]
+        if missing or extra:
+            raise ValueError(
+                f"block needs exactly the static axes {self.static} by value; "
+                f"missing {missing}, unexpected {extra}"
+            )
+        index = 0
+        for a in self.static:
+            values = list(axes[a])
+            if static[a] not in values:
+                raise ValueError(f"{a}={static[a]!r} is not among {values}")
+            index = index * len(values) + values.index(static[a])
+        arr = self._get_block(index, name)
+        nb = len(self.batched)
+        dims = self.batched + self._trailing_dims(name, arr.ndim - nb)
+        return LabelledArray(arr, dims, {a: np.asarray(axes[a]) for a in self.batched})
+
+    def _get_block(self, index: int, name: str) -> np.ndarray:
+        if name not in self.blocks[index]:
+            raise KeyError(f"no output {name!r}; outputs are {self.names}")
+        return self.blocks[index][name]
+
+    def __getitem__(self, name: str) -> LabelledArray:
+        """Output ``name`` over the whole grid, dims in the sweep's axis order then output dims.
+
+        Where the output's shape differs between static combinations (e.g. per-layer norms at
+        several depths) the arrays are NaN-padded at the end to the largest shape.
+        """
+        arrays = [self._get_block(i, name) for i in range(len(self.blocks))]
+        nb = len(self.batched)
+        ndim = arrays[0].ndim
+        if any(a.ndim != ndim for a in arrays):
+            raise ValueError(f"output {name!r} has a different rank at different static values")
+        target = tuple(max(a.shape[d] for a in arrays) for d in range(ndim))
+        if any(a.shape != target for a in arrays):
+            arrays = [_nan_pad(a, target) for a in arrays]
+        axes = self.axes
+        static_shape = tuple(len(axes[a]) for a in self.static)
+        stacked = np.stack(arrays).reshape(static_shape + target)
+        # Reorder from (static…, batched…, out…) to the sweep's own axis order.
+        current = self.static + self.batched
+        order = [current.index(a) for a in axes] + list(range(len(current), stacked.ndim))
+        dims = tuple(axes) + self._trailing_dims(name, ndim - nb)
+        coords = {a: np.asarray(axes[a]) for a in axes}
+        return LabelledArray(np.transpose(stacked, order), dims, coords)
+
+
+def _nan_pad(a: np.ndarray, shape) -> np.ndarray:
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    out = np.full(shape, np.nan, a.dtype)
+    out[tuple(slice(0, s) for s in a.shape)] = a
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """A measurement of one configuration.
+
+    Attributes:
+      fn: ``fn(point, **options) -> pytree of arrays``; ``point`` maps every axis name to its value
+        (Python values for static axes, 0-d traced arrays for batched ones).
+      name: identifies the measurement in the manifest (a registry name or ``module:qualname``).
+      options: keyword options for ``fn``; part of the sweep's identity, so JSON values only.
+      static_axes: axis names that change shapes or code for this measurement.
+      output_dims: output name -> names of its trailing dimensions (optional).
+    """
+
+    fn: Callable[..., Any]
+    name: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    static_axes: frozenset = DEFAULT_STATIC
+    output_dims: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, point: Mapping[str, Any]):
+        return self.fn(point, **self.options)
+
+
+def measurement(fn_or_name, /, **options) -> Measurement:
+    """A :class:`Measurement` from a registry name, a ``"module:function"`` path or a callable.
+
+    Args:
+      fn_or_name: a key of :data:`MEASUREMENTS`, ``"package.module:function"`` (imported), a
+        callable ``fn(point, **options)``, or a :class:`Measurement` (options are merged).
+      **options: keyword options passed to the function on every call (JSON values).
+
+    Raises:
+      ValueError: unknown name or non-JSON options. TypeError: not a name or callable.
+    """
+    if isinstance(fn_or_name, Measurement):
+        return dataclasses.replace(fn_or_name, options={**fn_or_name.options, **options})
+    if isinstance(fn_or_name, str):
+        if fn_or_name in MEASUREMENTS:
+            base = MEASUREMENTS[fn_or_name]
+            return dataclasses.replace(base, options={**base.options, **options})
+        if ":" not in fn_or_name:
+            raise ValueError(
+                f"unknown measurement {fn_or_name!r}; expected one of {', '.join(MEASUREMENTS)} "
+                "or 'package.module:function'"
+            )
+        module, _, attr = fn_or_name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import measurement {fn_or_name!r}: {exc}") from exc
+        if isinstance(fn, Measurement):
+            return measurement(fn, **options)
+        return measurement(fn, **options)
+    if not callable(fn_or_name):
+        raise TypeError(
+            f"measure must be a measurement name or a callable, got {type(fn_or_name).__name__}"
+        )
+    name = f"{getattr(fn_or_name, '__module__', '?')}:{getattr(fn_or_name, '__qualname__', '?')}"
+    return Measurement(fn_or_name, name, dict(options))
+
+
+# Built-in measurements on gradflow's MLP. Their points use these axes (defaults in brackets):
+# depth, width, activation ["tanh"], init ["gaussian"], seed [0], sigma_w [1] (gaussian only),
+# init_scale [1], init_mean [0], sigma_b [0].
+
+_INITS = (
+    "gaussian",
+    "glorot",
+    "glorot_normal",
+    "he",
+    "lecun",
+    "kumar",
+    "yilmaz_poli",
+    "orthogonal",
+)
+
+
+def _base_init(name: str, activation):
+    from gradflow import init as _init
+
+    if name in ("gaussian", "lecun"):
+        return _init.lecun()
+    if name == "glorot":
+        return _init.glorot()
+    if name == "glorot_normal":
+        return _init.glorot("normal")
+    if name == "he":
+        return _init.he()
+    if name == "kumar":
+        return _init.kumar(activation)
+    if name == "yilmaz_poli":
+        return _init.yilmaz_poli()
+    if name == "orthogonal":
+        return _init.orthogonal()
+    raise ValueError(f"init must be one of {', '.join(_INITS)}, got {name!r}")
+
+
+def mlp_from_point(point: Mapping[str, Any], **mlp_kwargs):
+    """The gradflow MLP a sweep point describes; its scales may be traced (batched) values.
+
+    Kernels are ``init_scale · σ_w · W₀ + init_mean / fan_in`` with W₀ drawn by the ``init``
+    initialiser (``"gaussian"`` is N(0, 1/fan_in), so with σ_w it is N(0, σ_w²/fan_in), the
+    mean-field parametrisation); ``init_mean`` is the mean *times the fan-in*, so −8 is Yilmaz &
+    Poli's mean −8/N. Biases are N(0, σ_b²).
+
+    Args:
+      point: dict with ``depth`` and ``width`` (static ints) and optionally ``activation``,
+        ``init``, ``sigma_w`` (``init="gaussian"`` only), ``init_scale``, ``init_mean``,
+        ``sigma_b`` (numbers or 0-d arrays).
+      **mlp_kwargs: further :class:`gradflow.models.MLP` fields (``residual``, ``norm`` …).
+
+    Returns:
+      The :class:`gradflow.models.MLP`.
+
+    Raises:
+      ValueError: missing depth/width, an unknown init, or ``sigma_w`` with another init.
+    """
+    from gradflow import activations as _act
+    from gradflow import init as _init
+    from gradflow import models
+
+    for k in ("depth", "width"):
+        if k not in point:
+            raise ValueError(f"the sweep point needs a {k!r} axis (or option), got {sorted(point)}")
+    activation = point.get("activation", "tanh")
+    name = point.get("init", "gaussian")
+    if "sigma_w" in point and name != "gaussian":
+        raise ValueError(
+            f"axis sigma_w applies to init='gaussian' only (got init={name!r}); "
+            "use init_scale to rescale another initialiser"
+        )
+    base = _base_init(name, _act.get(activation))
+    scale = point.get("sigma_w", 1.0) * point.get("init_scale", 1.0)
+    mean = point.get("init_mean", 0.0)
+    sigma_b = point.get("sigma_b", 0.0)
+
+    def kernel_init(key, shape, dtype=jnp.float32):
+        fan_in = _init._fan_in(shape)
+        return (scale * base(key, shape, dtype) + mean / fan_in).astype(dtype)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return (sigma_b * jax.random.normal(key, shape, dtype)).astype(dtype)
+
+    return models.MLP(
+        width=int(point["width"]),
+        depth=int(point["depth"]),
+        activation=activation,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        **mlp_kwargs,
+    )
+
+
+def _keys(point):
+    key = jax.random.key(point.get("seed", 0))
+    return jax.random.split(key, 3)
+
+
+def _input(key, point, batch=None):
+    dtype = _checks.default_float()
+    d = int(point["width"])
+    shape = (d,) if batch is None else (batch, d)
+    return jax.random.normal(key, shape, dtype)
+
+
+def jacobian_spectrum(point, *, residual: bool = False):
+    """Singular values of ∂h_depth/∂h_1 and the norms of every backward product, for one input.
+
+    Input x ~ N(0, I_width); the chain is the MLP's ``depth − 1`` hidden-to-hidden maps.
+
+    Returns:
+      dict with ``log_singular_values`` ``(width,)`` (natural log, descending) and ``log_norm``
+      ``(depth − 1,)``, log ‖∂h_depth/∂h_k‖_F for k = 1 … depth − 1.
+    """
+    from gradflow import jacobians
+
+    kp, kx, _ = _keys(point)
+    model = mlp_from_point(point, residual=residual)
+    x = _input(kx, point)
+    params = model.init(kp, x)
+    products = jacobians.backward_products(model.chain(params, x))
+    # Only the full product's SVD: the others would cost (depth − 2) more SVDs for nothing.
+    s = jnp.linalg.svd(products.unit[0], compute_uv=False)
+    return {"log_singular_values": jnp.log(s) + products.log_norm[0], "log_norm": products.log_norm}
+
+
+def _mse_grad_norms(model, params, kx, ky, batch):
+    from gradflow import gradients
+
+    x = _input(kx, {"width": model.width}, batch)
+    y = jax.random.normal(ky, (batch, model.out_features), x.dtype)
+    loss = lambda p, b: jnp.mean((model.apply(p, b[0]) - b[1]) ** 2)
+    return gradients.layer_grad_norms(loss, params, (x, y)), x
+
+
+def layer_grad_norms(point, *, batch: int = 16, residual: bool = False):
+    """Per-layer gradient norms of a mean-squared-error loss at initialisation.
+
+    Data x ~ N(0, I_width) (``batch`` rows), targets y ~ N(0, 1).
+
+    Returns:
+      dict with ``layer_grad_norms`` ``(depth + 1,)`` (input layer first, readout last) and
+      ``log10_first_over_last``: log10 of first over last *hidden* layer's gradient norm.
+    """
+    kp, kx, ky = _keys(point)
+    model = mlp_from_point(point, residual=residual)
+    params = model.init(kp, jnp.zeros((int(point["width"]),), _checks.default_float()))
+    norms, _ = _mse_grad_norms(model, params, kx, ky, batch)
+    return {"layer_grad_norms": norms, "log10_first_over_last": jnp.log10(norms[0] / norms[-2])}
+
+
+def top_lyapunov(jacobians_or_chain, key):
+    """Top Lyapunov exponent along a chain, in nats per step (mean log growth of one vector).
+
+    Uses :func:`gradflow.lyapunov.lyapunov_spectrum` with k = 1 when that module is present;
+    otherwise the same one-vector Benettin iteration here: v ← J_k v / ‖J_k v‖ in a ``lax.scan``
+    (by Jacobian-vector products on a chain), averaging log ‖J_k v‖.
+
+    Args:
+      jacobians_or_chain: step Jacobians ``(K, n, n)`` or a :class:`~gradflow.chain.Chain`.
+      key: ``jax.random`` key for the initial vector.
+
+    Returns:
+      Scalar, nats per step.
+    """
+    try:
+        from gradflow import lyapunov
+    except ImportError:  # pragma: no cover - lyapunov.py is optional
+        lyapunov = None
+    if lyapunov is not None:
+        return lyapunov.lyapunov_spectrum(jacobians_or_chain, k=1, key=key)[0]
+    from gradflow.chain import Chain, flat_step
+
+    if isinstance(jacobians_or_chain, Chain):
+        chain = jacobians_or_chain
+        h0, f = flat_step(chain)
+        xs, length = chain.per_step(), chain.length
+
+        def advance(h, s, v):
+            return jax.jvp(lambda x: f(x, s), (h,), (v,))
+
+    else:
+        jac = jnp.asarray(jacobians_or_chain)
+        h0, xs, length = jnp.zeros((), jac.dtype), jac, jac.shape[0]
+        advance = lambda h, j, v: (h, j @ v)
+    n = jacobians_or_chain.state_size if isinstance(jacobians_or_chain, Chain) else jac.shape[-1]
+    v0 = jax.random.normal(key, (n,), h0.dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+
+    def body(carry, s):
+        h, v = carry
+        h_next, jv = advance(h, s, v)
+        norm = jnp.linalg.norm(jv)
+        return (h_next, jv / norm), jnp.log(norm)
+
+    _, logs = jax.lax.scan(body, (h0, v0), xs, length=length)
+    return jnp.mean(logs)
+
+
+def gradient_diagnostics(point, *, batch: int = 16, residual: bool = False):
+    """Everything the initialisation study needs about one network, from one set of parameters.
+
+    Returns:
+      dict with ``layer_grad_norms`` ``(depth + 1,)``, ``log10_first_over_last`` (scalar),
+      ``lyapunov`` (the top Lyapunov exponent across depth, nats per layer, on the chain of one
+      input) and ``chi1_empirical`` (mean over layers of ‖J_k‖_F²/width — the finite-width
+      estimate of the mean-field χ₁ = σ_w² E[φ'(z)²], which it equals for zero-mean weights).
+    """
+    from gradflow import jacobians
+
+    if int(point["depth"]) < 2:
+        raise ValueError(f"gradient_diagnostics needs depth >= 2, got {point['depth']}")
+    kp, kx, ky = _keys(point)
+    model = mlp_from_point(point, residual=residual)
+    params = model.init(kp, jnp.zeros((int(point["width"]),), _checks.default_float()))
+    norms, x = _mse_grad_norms(model, params, kx, ky, batch)
+    chain = model.chain(params, x[0])
+    jac = jacobians.step_jacobians(chain)
+    chi1 = jnp.mean(jnp.sum(jac**2, axis=(1, 2))) / jac.shape[-1]
+    return {
+        "layer_grad_norms": norms,
+        "log10_first_over_last": jnp.log10(norms[0] / norms[-2]),
+        "lyapunov": top_lyapunov(jac, jax.random.fold_in(ky, 1)),
+        "chi1_empirical": chi1,
+    }
+
+
+def lyapunov_exponent(point, *, residual: bool = False):
+    """Top Lyapunov exponent of the MLP's hidden chain for one input x ~ N(0, I) (see
+    :func:`top_lyapunov`). Returns ``{"lyapunov": scalar}``."""
+    kp, kx, kv = _keys(point)
+    model = mlp_from_point(point, residual=residual)
+    x = _input(kx, point)
+    params = model.init(kp, x)
+    return {"lyapunov": top_lyapunov(model.chain(params, x), kv)}
+
+
+MEASUREMENTS: dict[str, Measurement] = {
+    "jacobian_spectrum": Measurement(
+        jacobian_spectrum,
+        "jacobian_spectrum",
+        output_dims={"log_singular_values": ("singular_value",), "log_norm": ("layer",)},
+    ),
+    "layer_grad_norms": Measurement(
+        layer_grad_norms, "layer_grad_norms", output_dims={"layer_grad_norms": ("layer",)}
+    ),
+    "gradient_diagnostics": Measurement(
+        gradient_diagnostics,
+        "gradient_diagnostics",
+        output_dims={"layer_grad_norms": ("layer",)},
+    ),
+    "lyapunov": Measurement(lyapunov_exponent, "lyapunov"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+
+
+def _normalise_values(name: str, values) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, range)):
+        raise TypeError(f"axis {name!r} values must be a list of scalars, got {values!r}")
+    if isinstance(values, np.ndarray):
+        values = values.ravel().tolist()
+    out = []
+    for v in values:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"axis {name!r} has a non-finite value {v!r}")
+        if not isinstance(v, (bool, int, float, str)):
+            raise TypeError(
+                f"axis {name!r} values must be numbers, strings or bools, got {type(v).__name__}"
+            )
+        out.append(v)
+    if not out:
+        raise ValueError(f"axis {name!r} has no values")
+    if len(set(map(repr, out))) != len(out):
+        raise ValueError(f"axis {name!r} has repeated values: {out}")
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A declarative grid: named axes with values, and a measurement.
+
+    Attributes:
+      axes: axis name -> tuple of values, in the order the results' dimensions take.
+      measure: the :class:`Measurement`.
+      static: names of the static (looped, compiled once each) axes; the rest are batched.
+      dtype: "float32" or "float64" (the sweep runs under ``jax.enable_x64`` for float64).
+    """
+
+    axes: Mapping[str, tuple]
+    measure: Measurement
+    static: tuple[str, ...]
+    dtype: str = "float32"
+
+    @classmethod
+    def create(
+        cls,
+        axes: Mapping[str, Sequence],
+        measure,
+        *,
+        static: Sequence[str] | None = None,
+        dtype: str = "float32",
+        **options,
+    ) -> Sweep:
+        """Builds and validates a sweep.
+
+        Args:
+          axes: mapping axis name -> values (numbers, strings or bools); order is kept.
+          measure: a :class:`Measurement`, a registry name (:data:`MEASUREMENTS`),
+            ``"module:function"`` or a callable ``fn(point)``.
+          static: which axes are static. ``None``: the measurement's ``static_axes``
+            (:data:`DEFAULT_STATIC` by default) plus every axis with a non-numeric value.
+          dtype: "float32" or "float64".
+          **options: options for the measurement.
+
+        Raises:
+          ValueError/TypeError: bad names, values, dtype, or a batched axis that is not numeric.
+        """
+        if not isinstance(axes, Mapping) or not axes:
+            raise ValueError(f"axes must be a non-empty mapping name -> values, got {axes!r}")
+        norm_axes = {}
+        for name, values in axes.items():
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(f"axis names must be identifiers, got {name!r}")
+            norm_axes[name] = _normalise_values(name, values)
+        meas = measurement(measure, **options)
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        numeric = {
+            n: all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)
+            for n, vs in norm_axes.items()
+        }
+        if static is None:
+            static_set = {n for n in norm_axes if n in meas.static_axes or not numeric[n]}
+        else:
+            static_set = set(static)
+            unknown = static_set - set(norm_axes)
+            if unknown:
+                raise ValueError(
+                    f"static names unknown axes {sorted(unknown)}; axes: {list(norm_axes)}"
+                )
+            bad = [n for n in norm_axes if n not in static_set and not numeric[n]]
+            if bad:
+                raise ValueError(
+                    f"axes {bad} hold non-numbers, so they cannot be batched; make them static"
+                )
+        try:
+            json.dumps(dict(meas.options), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"measurement options must be JSON values: {exc}") from exc
+        ordered_static = tuple(n for n in norm_axes if n in static_set)
+        return cls(norm_axes, meas, ordered_static, dtype)
+
+    @property
+    def batched(self) -> tuple[str, ...]:
+        return tuple(a for a in self.axes if a not in self.static)
+
+    @property
+    def batched_shape(self) -> tuple[int, ...]:
+        return tuple(len(self.axes[a]) for a in self.batched)
+
+    @property
+    def n_configs(self) -> int:
+        return math.prod(len(v) for v in self.axes.values())
+
+    def config(self) -> dict:
+        """The canonical, JSON-able description that identifies the sweep in a directory."""
+        measure = {"name": self.measure.name, "options": dict(self.measure.options)}
+        if self.measure.output_dims:
+            measure["output_dims"] = {k: list(v) for k, v in self.measure.output_dims.items()}
+        return {
+            "format": FORMAT,
+            "measure": measure,
+            "axes": {k: list(v) for k, v in self.axes.items()},
+            "static": list(self.static),
+            "dtype": self.dtype,
+        }
+
+    def shapes(self) -> list[dict]:
+        """The static combinations, in result order (row-major over the static axes)."""
+        return [
+            dict(zip(self.static, combo))
+            for combo in itertools.product(*(self.axes[a] for a in self.static))
+        ]
+
+    def points(self) -> Iterator[dict]:
+        """Every configuration as a plain dict of Python values, in result order (for loops)."""
+        for shape in self.shapes():
+            for combo in itertools.product(*(self.axes[a] for a in self.batched)):
+                yield {a: (shape | dict(zip(self.batched, combo)))[a] for a in self.axes}
+
+    def batched_values(self, index: np.ndarray) -> list[np.ndarray]:
+        """Host arrays of the batched axes' values at flat batched indices ``index`` ``(m,)``."""
+        multi = np.unravel_index(index, self.batched_shape) if self.batched else ()
+        out = []
+        for a, pos in zip(self.batched, multi):
+            vals = self.axes[a]
+            if all(isinstance(v, int) for v in vals):
+                arr = np.asarray(vals, np.int32)
+            else:
+                arr = np.asarray(vals, self.dtype)
+            out.append(arr[pos])
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML
+
+
+def _axis_spec(name: str, spec):
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict) and len(spec) == 1:
+        ((kind, args),) = spec.items()
+        args = args if isinstance(args, list) else [args]
+        if kind == "range":
+            return list(range(*[int(a) for a in args]))
+        if kind == "linspace" and len(args) == 3:
+            return [float(v) for v in np.linspace(args[0], args[1], int(args[2]))]
+        if kind == "logspace" and len(args) == 3:
+            return [float(v) for v in np.logspace(args[0], args[1], int(args[2]))]
+    raise ValueError(
+        f"axis {name!r}: expected a list or one of {{range = [start, stop(, step)]}}, "
+        f"{{linspace = [a, b, n]}}, {{logspace = [a, b, n]}}; got {spec!r}"
+    )
+
+
+def from_toml(path) -> tuple[Sweep, dict]:
+    """Reads a sweep from a TOML file.
+
+    Format::
+
+        dtype = "float32"                 # optional
+        static = ["depth"]                # optional override of the static axes
+
+        [measure]
+        name = "jacobian_spectrum"        # a MEASUREMENTS name or "package.module:function"
+        # every other key is an option of the measurement
+
+        [axes]                            # in result order
+        depth = [10, 50]
+        seed = { range = [0, 16] }        # also {linspace = [a, b, n]}, {logspace = [a, b, n]}
+        sigma_w = { linspace = [0.5, 2.5, 9] }
+
+        [run]                             # optional: how to run, not what (not part of identity)
+        batch_size = 32                   # configurations vmapped per device per step
+        memory_budget = "512MB"           # or this, to pick batch_size
+
+    Returns:
+      ``(sweep, run_options)`` where ``run_options`` holds the ``[run]`` table for :func:`run`.
+
+    Raises:
+      ValueError: malformed file (the message names the key).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(doc) - {"dtype", "static", "measure", "axes", "run", "name", "description"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    if "measure" not in doc or "name" not in doc["measure"]:
+        raise ValueError(f"{path}: needs a [measure] table with a name")
+    if "axes" not in doc or not isinstance(doc["axes"], dict):
+        raise ValueError(f"{path}: needs an [axes] table")
+    options = {k: v for k, v in doc["measure"].items() if k != "name"}
+    axes = {name: _axis_spec(name, spec) for name, spec in doc["axes"].items()}
+    sweep = Sweep.create(
+        axes,
+        doc["measure"]["name"],
+        static=doc.get("static"),
+        dtype=doc.get("dtype", "float32"),
+        **options,
+    )
+    run_opts = dict(doc.get("run", {}))
+    unknown = set(run_opts) - {"batch_size", "memory_budget"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys in [run]: {sorted(unknown)}")
+    return sweep, run_opts
+
+
+def parse_bytes(value) -> int:
+    """``1024``, ``"512MB"``, ``"2GiB"`` … -> bytes (decimal for kB/MB/GB, binary for KiB…)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]i?)?[bB]?\s*", value)
+        if m:
+            unit = (m.group(2) or "").lower()
+            base = 1024 if unit.endswith("i") else 1000
+            power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit[:1]]
+            n = int(float(m.group(1)) * base**power)
+            if n > 0:
+                return n
+    raise ValueError(
+        f"memory_budget must be a positive byte count like 512MB or 2GiB, got {value!r}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Writes through a temporary file in the same directory, then renames: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, data) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, allow_nan=True).encode()))
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _chunk_id(shape: int, chunk: int) -> str:
+    return f"s{shape:04d}-c{chunk:06d}"
+
+
+def _versions() -> dict:
+    import jaxlib
+
+    from gradflow import __version__
+
+    return {
+        "gradflow": __version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _device_info(devices) -> dict:
+    return {
+        "count": len(devices),
+        "kind": devices[0].device_kind,
+        "platform": devices[0].platform,
+        "process_count": jax.process_count(),
+    }
+
+
+def _config_hash(config) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _diff(stored: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(stored) | set(new), key=str):
+        a, b = stored.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: stored {a!r}, now {b!r}")
+    return out
+
+
+def _open_store(out_dir: Path, sweep: Sweep) -> dict:
+    """Reads or creates the manifest; raises ValueError if the directory holds another sweep."""
+    config = sweep.config()
+    path = out_dir / MANIFEST
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        if manifest.get("config_sha256") != _config_hash(config):
+            diffs = _diff(manifest.get("config", {}), config)
+            raise ValueError(
+                f"out_dir {out_dir} holds a different sweep ({'; '.join(diffs[:5]) or 'config'}); "
+                "use a new directory, or delete this one to start over"
+            )
+        return manifest
+    if (out_dir / CHUNKS).exists():
+        raise ValueError(f"out_dir {out_dir} has a {CHUNKS}/ folder but no {MANIFEST}; not a sweep")
+    return {
+        "format": FORMAT,
+        "config": config,
+        "config_sha256": _config_hash(config),
+        "n_configs": sweep.n_configs,
+        "versions": _versions(),
+        "created": _now(),
+        "updated": _now(),
+        "complete": False,
+        "wall_s": 0.0,
+        "device": None,
+        "shapes": {},
+        "chunks": {},
+        "sessions": [],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+class _Progress:
+    """One status line on stderr: chunks done/total, configurations per second, ETA."""
+
+    def __init__(self, n_configs: int, stream=None, quiet: bool = False):
+        self.total = n_configs
+        self.done = 0
+        self.computed = 0
+        self.stream = sys.stderr if stream is None else stream
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, n: int, computed: bool, text: str, final: bool = False):
+        self.done += n
+        self.computed += n if computed else 0
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        if not (final or self.tty or now - self.last >= 2.0):
+            return  # plain logs get a line every 2 s, not one per chunk
+        self.last = now
+        elapsed = now - self.t0
+        rate = self.computed / elapsed if elapsed > 0 else 0.0
+        remaining = self.total - self.done
+        eta = "--:--:--" if rate == 0 else str(datetime.timedelta(seconds=round(remaining / rate)))
+        line = (
+            f"[sweep] {text} | configs {self.done}/{self.total} | {rate:8.1f} configs/s | ETA {eta}"
+        )
+        end = "\n" if (final or not self.tty) else ""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + line + end)
+        self.stream.flush()
+
+
+def _shape_function(sweep: Sweep, static: dict, mesh: Mesh | None):
+    """The jitted measurement of a batch of configurations of one static combination.
+
+    ``f(index, *batched_values)``: ``index`` (int32, the flat config index; only there so that a
+    grid without batched axes still has an axis to map) and one 1-D array per batched axis.
+    """
+    names = sweep.batched
+    measure = sweep.measure
+
+    def one(index, *values):
+        point = dict(static)
+        point.update(zip(names, values))
+        return measure({a: point[a] for a in sweep.axes})
+
+    batched = jax.vmap(one)
+    if mesh is None:
+        return jax.jit(batched)
+    spec = P(MESH_AXIS)
+    # check_vma=False: measurements scan (chains, Lyapunov QR) and a scan's carry inside shard_map
+    # would otherwise need jax.lax.pcast(..., to="varying") in every user function. Each device
+    # maps its own slice; no collective is involved, so the check guards nothing here.
+    sharded = jax.shard_map(
+        batched,
+        mesh=mesh,
+        in_specs=(spec,) * (1 + len(names)),
+        out_specs=spec,
+        check_vma=False,
+    )
+    return jax.jit(sharded)
+
+
+def _arg_specs(sweep: Sweep, n: int, sharding=None):
+    specs = [jax.ShapeDtypeStruct((n,), jnp.int32, sharding=sharding)]
+    for v in sweep.batched_values(np.zeros(1, np.int64)):
+        specs.append(jax.ShapeDtypeStruct((n,), v.dtype, sharding=sharding))
+    return specs
+
+
+def _per_config_bytes(sweep: Sweep, static: dict, compiler_options=None) -> int | None:
+    """Peak bytes of one configuration: XLA's memory analysis of the single-config program."""
+    lowered = _shape_function(sweep, static, None).lower(*_arg_specs(sweep, 1))
+    compiled = lowered.compile(compiler_options=compiler_options)
+    stats = compiled.memory_analysis()
+    if stats is None:  # some backends do not report
+        return None
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+
+
+def _flatten(tree) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if len(leaves) == 1 and not leaves[0][0]:
+        return {"value": leaves[0][1]}
+    out = {}
+    for path, leaf in leaves:
+        parts = []
+        for k in path:
+            for attr in ("key", "name", "idx"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+            else:  # pragma: no cover - unusual key types
+                parts.append(str(k))
+        out["/".join(parts)] = leaf
+    return out
+
+
+def _gather(x) -> np.ndarray:
+    if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _broadcast_done(done: np.ndarray) -> np.ndarray:
+    if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.broadcast_one_to_all(done))
+    return done
+
+
+def run(
+    sweep: Sweep,
+    out_dir=None,
+    *,
+    batch_size: int | None = None,
+    memory_budget=None,
+    devices: Sequence | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+    stream=None,
+) -> SweepResult:
+    """Runs a sweep (resuming it if ``out_dir`` already holds part of it).
+
+    For every static combination: pick ``batch_size`` (configurations vmapped per device per
+    step), compile the measurement once, then for every chunk of ``devices × batch_size``
+    configurations not yet on disk: place the batched values sharded over the devices, run, write
+    ``out_dir/chunks/sSSSS-cCCCCCC.npz`` atomically and update the manifest. The last chunk of a
+    combination is padded (with copies of its last configuration) to the full size, so there is
+    one compile per combination, not two.
+
+    Args:
+      sweep: the :class:`Sweep`.
+      out_dir: results directory, or ``None`` to keep everything in memory.
+      batch_size: configurations per device per step. ``None``: from ``memory_budget`` (one extra
+        compile per combination, for XLA's memory analysis), capped at ⌈configs / devices⌉. On
+        resume the directory's layout is used; a different explicit value is an error.
+      memory_budget: bytes (or "512MB", "2GiB") per device for one chunk; default 1 GiB.
+      devices: devices to shard over; default ``jax.devices()`` (every device of every host).
+      compiler_options: XLA options for every compile, e.g.
+        ``{"xla_backend_optimization_level": 0}``, which on CPU compiles several times faster
+        for slightly slower code: worth it for many small static combinations.
+      quiet: no progress line.
+      stream: where the progress line goes (default ``sys.stderr``).
+
+    Returns:
+      :class:`SweepResult`.
+
+    Raises:
+      ValueError: ``out_dir`` holds a different sweep, or bad ``batch_size``/``memory_budget``.
+    """
+    if not isinstance(sweep, Sweep):
+        raise TypeError(f"sweep must be a gradflow.sweep.Sweep, got {type(sweep).__name__}")
+    if batch_size is not None:
+        batch_size = _checks.positive_int("batch_size", batch_size)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_bytes(memory_budget)
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must name at least one device")
+    with jax.enable_x64(sweep.dtype == "float64"):
+        return _run(sweep, out_dir, batch_size, budget, devices, compiler_options, quiet, stream)
+
+
+def _run(sweep, out_dir, batch_size, budget, devices, options, quiet, stream) -> SweepResult:
+    t_start = time.perf_counter()
+    writer = jax.process_index() == 0
+    out = None if out_dir is None else Path(out_dir)
+    manifest = None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out_dir {out} exists and is not a directory")
+        manifest = _open_store(out, sweep)
+        session = {
+            "started": _now(),
+            "host": platform.node(),
+            "devices": _device_info(devices),
+            "compiler_options": dict(options or {}),
+            "chunks_computed": 0,
+            "chunks_skipped": 0,
+            "wall_s": 0.0,
+        }
+        manifest["sessions"].append(session)
+        manifest["device"] = manifest["device"] or _device_info(devices)
+        if writer:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / CHUNKS).mkdir(exist_ok=True)
+            _write_json(out / MANIFEST, manifest)
+
+    n_dev = len(devices)
+    mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
+    n_batched = math.prod(sweep.batched_shape)
+    progress = _Progress(sweep.n_configs, stream, quiet)
+    shapes = sweep.shapes()
+    blocks = []
+    for s, static in enumerate(shapes):
+        label = ", ".join(f"{k}={v}" for k, v in static.items()) or "all"
+        layout = None if manifest is None else manifest["shapes"].get(str(s))
+        if layout is not None and batch_size is not None and layout["batch_size"] != batch_size:
+            raise ValueError(
+                f"out_dir {out} was started with batch_size={layout['batch_size']} for {label}; "
+                f"got batch_size={batch_size}. Pass batch_size=None to resume, or use a new "
+                "directory"
+            )
+        if layout is None:
+            b = batch_size
+            if b is None:
+                per = _per_config_bytes(sweep, static, options)
+                b = max(1, budget // per) if per else 1
+                b = min(b, -(-n_batched // n_dev))
+            chunk = b * n_dev
+            layout = {
+                "static": static,
+                "batch_size": int(b),
+                "chunk_size": int(chunk),
+                "n_chunks": -(-n_batched // chunk),
+                "n_configs": n_batched,
+            }
+            if manifest is not None:
+                manifest["shapes"][str(s)] = layout
+                if writer:
+                    _write_json(out / MANIFEST, manifest)
+        chunk, n_chunks = layout["chunk_size"], layout["n_chunks"]
+        ids = [_chunk_id(s, j) for j in range(n_chunks)]
+        done = np.array([out is not None and (out / CHUNKS / f"{i}.npz").exists() for i in ids])
+        done = _broadcast_done(done)
+        results: dict[int, dict[str, np.ndarray]] = {}
+        fn = None
+        # A chunk is computed on devices × per-device rows; the per-device batch stays the
+        # layout's batch_size unless the sweep resumes on a different number of devices.
+        per_dev = -(-chunk // n_dev)
+        padded = per_dev * n_dev
+        sharding = NamedSharding(mesh, P(MESH_AXIS))
+        for j in range(n_chunks):
+            lo, hi = j * chunk, min((j + 1) * chunk, n_batched)
+            text = f"shape {s + 1}/{len(shapes)} [{label}] chunk {j + 1}/{n_chunks}"
+            if done[j]:
+                if manifest is not None and ids[j] not in manifest["chunks"]:
+                    # Written by a run killed before it could update the manifest.
+                    manifest["chunks"][ids[j]] = {"session": None, "configs": hi - lo}
+                if manifest is not None:
+                    manifest["sessions"][-1]["chunks_skipped"] += 1
+                progress.update(hi - lo, False, text)
+                continue
+            if fn is None:  # compiled once per static combination, only if a chunk is left
+                lowered = _shape_function(sweep, static, mesh).lower(
+                    *_arg_specs(sweep, padded, sharding)
+                )
+                fn = lowered.compile(compiler_options=options)
+            t0 = time.perf_counter()
+            index = np.minimum(np.arange(lo, lo + padded), hi - 1)  # pad with the last config
+            host = [index.astype(np.int32), *sweep.batched_values(index)]
+            args = [
+                jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx])
+                for a in host
+            ]
+            outputs = _flatten(fn(*args))
+            arrays = {k: _gather(v)[: hi - lo] for k, v in outputs.items()}
+            wall = time.perf_counter() - t0
+            if out is not None:
+                if writer:
+                    _write_npz(out / CHUNKS / f"{ids[j]}.npz", arrays)
+                manifest["chunks"][ids[j]] = {
+                    "session": len(manifest["sessions"]) - 1,
+                    "configs": hi - lo,
+                    "wall_s": round(wall, 4),
+                }
+                session = manifest["sessions"][-1]
+                session["chunks_computed"] += 1
+                session["wall_s"] = round(time.perf_counter() - t_start, 3)
+                manifest["updated"] = _now()
+                if writer:
+                    _write_json(out / MANIFEST, manifest)
+            else:
+                results[j] = arrays
+            progress.update(hi - lo, True, text)
+        blocks.append(_assemble(out, s, n_chunks, results, sweep.batched_shape))
+
+    progress.update(0, False, f"done, {len(shapes)} shape(s)", final=True)
+    if manifest is not None:
+        session = manifest["sessions"][-1]
+        session["wall_s"] = round(time.perf_counter() - t_start, 3)
+        manifest["wall_s"] = round(sum(x["wall_s"] for x in manifest["sessions"]), 3)
+        manifest["complete"] = True
+        manifest["updated"] = _now()
+        if writer:
+            _write_json(out / MANIFEST, manifest)
+    result = SweepResult(sweep.config(), tuple(blocks), manifest)
+    if out is not None and writer:
+        _write_results(out, result)
+    return result
+
+
+def _assemble(out, s, n_chunks, results, batched_shape) -> dict[str, np.ndarray]:
+    """Concatenates one static combination's chunks into arrays ``(*batched_shape, …)``."""
+    parts = []
+    for j in range(n_chunks):
+        if j in results:
+            parts.append(results[j])
+        else:
+            with np.load(out / CHUNKS / f"{_chunk_id(s, j)}.npz") as z:
+                parts.append({k: z[k] for k in z.files})
+    return {
+        k: np.concatenate([p[k] for p in parts]).reshape(batched_shape + parts[0][k].shape[1:])
+        for k in parts[0]
+    }
+
+
+def _write_results(out: Path, result: SweepResult) -> None:
+    """``results.npz``: every output over the whole grid (NaN-padded), plus coordinates."""
+    arrays = {}
+    for name in result.names:
+        la = result[name]
+        arrays[name] = la.values
+        arrays[f"{name}.__dims__"] = np.asarray(la.dims)
+    for a, values in result.axes.items():
+        arrays[f"__coords__/{a}"] = np.asarray(values)
+    _write_npz(out / RESULTS, arrays)
+
+
+def load(out_dir) -> SweepResult:
+    """Reads a sweep directory written by :func:`run` (finished or not).
+
+    Chunks not yet computed are NaN in the result; ``result.manifest["complete"]`` says whether
+    the sweep finished.
+
+    Raises:
+      ValueError: if ``out_dir`` has no manifest.
+    """
+    out = Path(out_dir)
+    path = out / MANIFEST
+    if not path.exists():
+        raise ValueError(f"out_dir {out} has no {MANIFEST}; not a sweep directory")
+    manifest = json.loads(path.read_text())
+    config = manifest["config"]
+    axes = config["axes"]
+    static = config["static"]
+    batched_shape = tuple(len(v) for a, v in axes.items() if a not in static)
+    n_batched = math.prod(batched_shape)
+    n_shapes = math.prod(len(axes[a]) for a in static)
+    blocks = []
+    template = None
+    for s in range(n_shapes):
+        layout = manifest["shapes"].get(str(s))
+        parts = {}
+        if layout is not None:
+            for j in range(layout["n_chunks"]):
+                f = out / CHUNKS / f"{_chunk_id(s, j)}.npz"
+                if f.exists():
+                    with np.load(f) as z:
+                        parts[j] = {k: z[k] for k in z.files}
+        blocks.append((layout, parts))
+        if parts and template is None:
+            template = next(iter(parts.values()))
+    if template is None:
+        raise ValueError(f"out_dir {out} holds no finished chunk yet")
+    out_blocks = []
+    for layout, parts in blocks:
+        arrays = {}
+        for k, t in template.items():
+            # Per-shape output shapes can differ (depth); use this shape's own chunk if any.
+            trailing = next(iter(parts.values()))[k].shape[1:] if parts else t.shape[1:]
+            dtype = np.result_type(t.dtype, np.float64) if not parts else t.dtype
+            full = np.full((n_batched,) + trailing, np.nan, np.result_type(dtype, np.float32))
+            if layout is not None:
+                c = layout["chunk_size"]
+                for j, p in parts.items():
+                    full[j * c : j * c + len(p[k])] = p[k]
+            arrays[k] = full.reshape(batched_shape + trailing)
+        out_blocks.append(arrays)
+    return SweepResult(config, tuple(out_blocks), manifest)

@@ -1,0 +1,365 @@
+"""gradflow.sweep: vmapped = looped, one compile per shape, 1 = 8 devices, kill-and-resume, errors.
+
+The machinery tests use ``toy``, a cheap measurement with a scan and a PRNG (compiles in well under
+a second); one test runs a built-in gradflow measurement end to end. Device-count and kill tests
+run in subprocesses, as the device count is fixed when JAX starts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradflow as gf
+from gradflow import sweep as sw
+
+TESTS = Path(__file__).parent
+EXAMPLES = TESTS.parent / "examples"
+
+
+def toy(point, *, n: int = 4, sleep: float = 0.0):
+    """h ← tanh(σ_w W_k h + σ_b) over ``depth`` layers; the norms and the final state.
+
+    The weights are a cheap deterministic function of the seed (sines), not jax.random: threefry
+    alone takes seconds to compile on a loaded CPU, and these tests are about the machinery.
+    """
+    if sleep:  # slows every chunk down (once per chunk), for the kill test
+        jax.debug.callback(lambda: time.sleep(sleep))
+    depth = point["depth"]
+    dtype = jnp.result_type(float)
+    phase = jnp.arange(1, depth * n * n + 1, dtype=dtype).reshape(depth, n, n)
+    w = point["sigma_w"] * jnp.sin((point["seed"] + 1.0) * phase * 0.37) * math.sqrt(2.0 / n)
+
+    def body(h, wk):
+        h = jnp.tanh(wk @ h + point["sigma_b"])
+        return h, jnp.linalg.norm(h)
+
+    h, norms = jax.lax.scan(body, jnp.ones((n,), w.dtype), w)
+    return {"h": h, "norms": norms, "total": jnp.sum(h)}
+
+
+def toy_sweep(depths=(2, 3), seeds=4, dtype="float64", **options):
+    axes = {
+        "depth": list(depths),
+        "seed": list(range(seeds)),
+        "sigma_w": [0.5, 1.5, 2.5],
+        "sigma_b": [0.0, 0.1],
+    }
+    return sw.Sweep.create(axes, toy, dtype=dtype, **options)
+
+
+def _equal(a: sw.SweepResult, b: sw.SweepResult):
+    assert a.names == b.names
+    for name in a.names:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_classifies_axes():
+    s = toy_sweep()
+    assert s.static == ("depth",)
+    assert s.batched == ("seed", "sigma_w", "sigma_b")
+    assert s.n_configs == 2 * 4 * 3 * 2
+    s2 = sw.Sweep.create({"act": ["tanh", "relu"], "x": [1.0]}, toy)
+    assert s2.static == ("act",)  # non-numeric -> static
+    s3 = sw.Sweep.create({"depth": [2], "seed": [0, 1]}, toy, static=["depth", "seed"])
+    assert s3.batched == ()
+
+
+def test_vmapped_sweep_equals_python_loop(x64):
+    s = toy_sweep()
+    res = sw.run(s, batch_size=5, quiet=True)
+    loop = {name: [] for name in res.names}
+    # One jitted single-configuration function per depth (no vmap), called in a Python loop.
+    single = {
+        d: jax.jit(
+            lambda seed, w, b, d=d: toy({"depth": d, "seed": seed, "sigma_w": w, "sigma_b": b})
+        )
+        for d in s.axes["depth"]
+    }
+    for point in s.points():
+        out = single[point["depth"]](point["seed"], point["sigma_w"], point["sigma_b"])
+        for name in loop:
+            loop[name].append(np.asarray(out[name]))
+    for name in res.names:
+        assert res[name].dims[:4] == ("depth", "seed", "sigma_w", "sigma_b")
+        # points() order: static axes outermost, then the batched axes row-major.
+        rows = []
+        for d in s.axes["depth"]:
+            block = res.block(name, depth=d).values
+            rows += list(block.reshape(-1, *block.shape[len(s.batched) :]))
+        assert len(rows) == len(loop[name])
+        for got, want in zip(rows, loop[name]):
+            # vmap vs unbatched float64: the same operations, possibly fused differently.
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.slow  # ~30 s on a loaded 2-core CPU: compiles a flax MLP + Jacobians twice
+def test_builtin_measurement_vmapped_equals_loop(x64):
+    s = sw.Sweep.create(
+        {"depth": [3], "width": [4], "seed": [0, 1], "sigma_w": [0.8, 1.6]},
+        "jacobian_spectrum",
+        dtype="float64",
+    )
+    res = sw.run(s, batch_size=4, quiet=True)
+
+    @jax.jit
+    def reference(seed, sigma_w):  # written out with the public API, one configuration a call
+        model = sw.mlp_from_point({"depth": 3, "width": 4, "sigma_w": sigma_w})
+        kp, kx, _ = jax.random.split(jax.random.key(seed), 3)
+        x = jax.random.normal(kx, (4,), jnp.float64)
+        params = model.init(kp, x)
+        return gf.jacobians.backward_products(model.chain(params, x)).matrices[0]
+
+    for i, point in enumerate(s.points()):
+        product = np.asarray(reference(point["seed"], point["sigma_w"]))
+        want = np.log(np.linalg.svd(product, compute_uv=False))
+        got = res["log_singular_values"].values.reshape(4, 4)[i]
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+    assert res["log_norm"].dims[-1] == "layer"
+    # mean-field parametrisation: init_mean is mean × fan_in; Yilmaz–Poli's −8 -> mean −8/N
+    m = sw.mlp_from_point({"depth": 2, "width": 64, "init_mean": -8.0, "init": "gaussian"})
+    w = m.init(jax.random.key(0), jnp.zeros(64))["params"]["hidden"]["kernel"]
+    assert abs(float(jnp.mean(w)) + 8 / 64) < 0.01
+
+
+def test_compiles_once_per_shape(tmp_path):
+    traces = []
+
+    def counted(point):
+        traces.append(1)  # Python runs only while tracing
+        return toy(point)
+
+    s = sw.Sweep.create(toy_sweep().axes, counted)
+    res = sw.run(s, tmp_path / "a", batch_size=3, quiet=True)  # 24 configs -> 8 chunks per depth
+    assert len(traces) == 2  # two depths
+    assert res.manifest["shapes"]["0"]["n_chunks"] == 8
+    sw.run(s, tmp_path / "a", quiet=True)  # finished: nothing traced, nothing compiled
+    assert len(traces) == 2
+    traces.clear()
+    sw.run(s, memory_budget="64kB", quiet=True)  # + one memory-analysis compile per shape
+    assert len(traces) == 4
+
+
+def test_resume_recomputes_only_missing_chunks(tmp_path):
+    s = toy_sweep()
+    full = sw.run(s, tmp_path, batch_size=4, quiet=True)
+    chunks = sorted((tmp_path / "chunks").glob("*.npz"))
+    assert len(chunks) == 12 and not list(tmp_path.rglob("*.tmp"))  # atomic: no leftovers
+    mtimes = {c.name: c.stat().st_mtime_ns for c in chunks}
+    chunks[5].unlink()
+    again = sw.run(s, tmp_path, quiet=True)
+    session = again.manifest["sessions"][-1]
+    assert (session["chunks_computed"], session["chunks_skipped"]) == (1, 11)
+    for c in chunks:
+        if c != chunks[5]:
+            assert c.stat().st_mtime_ns == mtimes[c.name]
+    _equal(full, again)
+    _equal(full, sw.load(tmp_path))
+    with np.load(tmp_path / sw.RESULTS) as z:
+        np.testing.assert_array_equal(z["total"], full["total"].values)
+
+
+def test_mismatched_config_is_an_error(tmp_path):
+    sw.run(toy_sweep(), tmp_path, batch_size=4, quiet=True)
+    with pytest.raises(ValueError, match="different sweep.*axes.seed"):
+        sw.run(toy_sweep(seeds=5), tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="different sweep.*options.n"):
+        sw.run(toy_sweep(n=3), tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="different sweep.*dtype"):
+        sw.run(toy_sweep(dtype="float32"), tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="batch_size=4"):
+        sw.run(toy_sweep(), tmp_path, batch_size=2, quiet=True)
+
+
+def test_labelled_results_and_padding(x64):
+    res = sw.run(toy_sweep(depths=(2, 5), seeds=2), batch_size=4, quiet=True)
+    norms = res["norms"]
+    assert norms.dims == ("depth", "seed", "sigma_w", "sigma_b", "dim_0")
+    assert norms.shape == (2, 2, 3, 2, 5)
+    assert np.isnan(norms.sel(depth=2).values[..., 2:]).all()  # padded past depth 2
+    assert not np.isnan(norms.sel(depth=5).values).any()
+    one = norms.sel(depth=5, sigma_w=1.5, sigma_b=[0.1])
+    assert one.dims == ("seed", "sigma_b", "dim_0") and one.shape == (2, 1, 5)
+    med = norms.reduce(np.median, "seed")
+    assert med.dims == ("depth", "sigma_w", "sigma_b", "dim_0")
+    with pytest.raises(ValueError, match="sigma_w=9"):
+        norms.sel(sigma_w=9.0)
+    blk = res.block("norms", depth=2)
+    assert blk.shape == (2, 3, 2, 2)
+
+
+def test_progress_line_and_quiet():
+    s = toy_sweep(depths=(2,), seeds=2)
+    buf = io.StringIO()
+    sw.run(s, batch_size=4, stream=buf)
+    text = buf.getvalue()
+    assert "configs 12/12" in text and "configs/s" in text and "ETA" in text
+    buf = io.StringIO()
+    sw.run(s, batch_size=4, stream=buf, quiet=True)
+    assert buf.getvalue() == ""
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown measurement"):
+        sw.Sweep.create({"x": [1.0]}, "no_such_measurement")
+    with pytest.raises(ValueError, match="repeated"):
+        sw.Sweep.create({"x": [1.0, 1.0]}, toy)
+    with pytest.raises(ValueError, match="cannot be batched"):
+        sw.Sweep.create({"act": ["tanh"]}, toy, static=[])
+    with pytest.raises(ValueError, match="dtype"):
+        sw.Sweep.create({"x": [1.0]}, toy, dtype="float16")
+    with pytest.raises(ValueError, match="JSON"):
+        sw.Sweep.create({"x": [1.0]}, toy, n=object())
+    with pytest.raises(ValueError, match="sigma_w applies"):
+        sw.mlp_from_point({"depth": 2, "width": 4, "init": "glorot", "sigma_w": 1.0})
+    with pytest.raises(ValueError, match="memory_budget"):
+        sw.parse_bytes("lots")
+    assert sw.parse_bytes("2GiB") == 2 << 30 and sw.parse_bytes("512MB") == 512_000_000
+
+
+def test_toml_cli_and_examples(tmp_path):
+    cfg = tmp_path / "toy.toml"
+    cfg.write_text(
+        textwrap.dedent(
+            """
+            dtype = "float64"
+            [measure]
+            name = "test_sweep:toy"
+            n = 3
+            [axes]
+            depth = [2]
+            seed = { range = [0, 3] }
+            sigma_w = { linspace = [0.5, 1.5, 3] }
+            sigma_b = [0.0]
+            [run]
+            batch_size = 4
+            """
+        )
+    )
+    sys.path.insert(0, str(TESTS))
+    try:
+        from gradflow import cli
+
+        assert cli.main(["sweep", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    finally:
+        sys.path.remove(str(TESTS))
+    res = sw.load(tmp_path / "out")
+    assert res["h"].shape == (1, 3, 3, 1, 3)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["versions"]["jax"] == jax.__version__
+    assert manifest["device"]["kind"] and manifest["wall_s"] > 0
+    assert cli.main(["sweep", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
+    examples = sorted(EXAMPLES.glob("*.toml"))
+    assert examples, "examples/*.toml should exist"
+    for path in examples:  # every example parses into a valid sweep
+        s, run_opts = sw.from_toml(path)
+        assert s.n_configs >= 1 and set(run_opts) <= {"batch_size", "memory_budget"}
+
+
+# --- subprocesses: device counts and SIGKILL ----------------------------------------------------
+
+_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import jax
+from gradflow import sweep as sw
+from test_sweep import toy_sweep
+s = toy_sweep(sleep={sleep})
+mode = sys.argv[2]
+if mode == "spectrum":
+    from test_sweep import _spectrum_sweep
+    s = _spectrum_sweep()
+sw.run(s, sys.argv[1], batch_size=2, quiet=True)
+print(len(jax.devices()))
+"""
+
+
+def _script(tmp_path, sleep=0.0) -> Path:
+    path = tmp_path / f"run_sweep_{int(sleep * 1000)}.py"
+    path.write_text(_SCRIPT.format(tests=str(TESTS), sleep=sleep))
+    return path
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _spectrum_sweep():
+    return sw.Sweep.create(
+        {"depth": [3], "width": [4], "seed": [0, 1, 2], "sigma_w": [0.8, 1.6, 2.4]},
+        "jacobian_spectrum",
+        dtype="float64",
+    )
+
+
+@pytest.mark.parametrize("mode", ["toy", pytest.param("spectrum", marks=pytest.mark.slow)])
+def test_one_and_eight_devices_agree_bitwise(tmp_path, mode):
+    s = toy_sweep(sleep=0.0) if mode == "toy" else _spectrum_sweep()
+    one = sw.run(s, tmp_path / "d1", batch_size=2, devices=jax.devices()[:1], quiet=True)
+    proc = subprocess.run(
+        [sys.executable, str(_script(tmp_path)), str(tmp_path / "d8"), mode],
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "8"
+    eight = sw.load(tmp_path / "d8")
+    assert one.manifest["device"]["count"] == 1 and eight.manifest["device"]["count"] == 8
+    # 8 devices hold 2 configurations each: a chunk is 16, padded past the grid's end.
+    assert eight.manifest["shapes"]["0"]["chunk_size"] == 16
+    _equal(one, eight)  # bitwise, float64
+
+
+def test_killed_sweep_resumes_without_recomputing(tmp_path):
+    slow = _script(tmp_path, sleep=0.1)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(slow), str(out), "toy"], env=_env(1), stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.time() + 240
+        while not list((out / "chunks").glob("*.npz")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no chunk appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # mid-sweep: 24 chunks of 2 configs, 0.1 s each
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    before = {c.name: c.stat().st_mtime_ns for c in (out / "chunks").glob("*.npz")}
+    assert 0 < len(before) < 24
+    # Resume here, in this process (a rerun can happen anywhere), and compare with an
+    # uninterrupted run of the same sweep in another directory.
+    s = toy_sweep(sleep=0.1)
+    sw.run(s, out, batch_size=2, quiet=True)
+    sw.run(s, tmp_path / "clean", batch_size=2, quiet=True)
+    resumed, clean = sw.load(out), sw.load(tmp_path / "clean")
+    _equal(resumed, clean)
+    for name, mtime in before.items():  # finished chunks untouched
+        assert (out / "chunks" / name).stat().st_mtime_ns == mtime
+    sessions = resumed.manifest["sessions"]
+    assert sessions[-1]["chunks_computed"] == 24 - len(before)
+    assert sessions[-1]["chunks_skipped"] == len(before)
