@@ -1,0 +1,202 @@
+"""Matrix-free top-k singular values (Golub–Kahan–Lanczos on jvp/vjp) against the dense route:
+backward products + SVD, end-to-end Jacobians, numpy's SVD; log-scale at depth, breakdown on
+rank-deficient operators, jit/vmap, memory linear in the width, and argument errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradflow as gf
+from gradflow import jacobians, spectra
+from gradflow.chain import Chain
+
+
+def _mlp_chain(width, depth, sigma_w, key=0, activation="tanh"):
+    model = gf.models.MLP(
+        width=width, depth=depth, activation=activation, kernel_init=gf.init.gaussian(sigma_w)
+    )
+    x = jax.random.normal(jax.random.key(key + 100), (width,))
+    params = model.init(jax.random.key(key), x)
+    return model.chain(params, x)
+
+
+def _rnn_chain(width, steps, gain=1.2, key=0):
+    model = gf.models.RNN(width=width, recurrent_init=gf.init.orthogonal(gain))
+    u = jax.random.normal(jax.random.key(key + 100), (steps, 3))
+    return model.chain(model.init(jax.random.key(key), u), u)
+
+
+def test_chain_matches_dense_backward_products_float64(x64):
+    chain = _mlp_chain(width=40, depth=20, sigma_w=1.5)
+    dense = jacobians.backward_products(chain).log_singular_values()
+    for start in (0, 7, 18):  # one compiled program serves every start
+        out = spectra.top_singular_values(chain, 5, start=start, num_iters=30)
+        # float64 and full reorthogonalisation: the Ritz values agree with LAPACK's SVD of the
+        # dense product to ~1e-10 once converged; 1e-8 leaves room for the Lanczos stopping
+        # error, which the reported residuals bound (checked to be tiny here).
+        np.testing.assert_allclose(out.log_values, dense[start, :5], atol=1e-8)
+        assert np.all(out.residuals < 1e-8)
+    assert out.right.shape == (40, 5) and out.left.shape == (40, 5)
+
+
+def test_chain_matches_dense_float32():
+    chain = _mlp_chain(width=64, depth=30, sigma_w=1.2, key=3)
+    dense = jacobians.backward_products(chain).log_singular_values()[0, :4]
+    out = spectra.top_singular_values(chain, 4)
+    # float32: both routes carry ~1e-6 relative rounding per step over 29 steps; 1e-4 in log σ
+    # (a relative error of 1e-4 in σ) is ~3x that accumulated budget.
+    np.testing.assert_allclose(out.log_values, dense, atol=1e-4)
+    np.testing.assert_allclose(out.values, np.exp(dense), rtol=1e-4)
+
+
+def test_singular_vectors_are_singular_vectors(x64):
+    chain = _mlp_chain(width=32, depth=10, sigma_w=1.0, key=5)
+    p = jacobians.end_to_end(chain)
+    out = spectra.top_singular_values(chain, 3, num_iters=32)
+    # P v_i = σ_i u_i and Pᵀ u_i = σ_i v_i for the returned triplets (exact in float64).
+    np.testing.assert_allclose(p @ out.right, out.left * out.values[None, :], atol=1e-10)
+    np.testing.assert_allclose(p.T @ out.left, out.right * out.values[None, :], atol=1e-10)
+    np.testing.assert_allclose(out.right.T @ out.right, np.eye(3), atol=1e-12)
+
+
+def test_rnn_chain_shared_params_stop(x64):
+    chain = _rnn_chain(width=24, steps=30)
+    # P = ∂h_25/∂h_5 from the dense per-step Jacobians, multiplied out directly.
+    jac = jacobians.step_jacobians(chain)
+    p = np.eye(24)
+    for j in jac[5:25]:
+        p = np.asarray(j) @ p
+    expected = np.linalg.svd(p, compute_uv=False)[:3]
+    out = spectra.top_singular_values(chain, 3, start=5, stop=25, num_iters=24)
+    np.testing.assert_allclose(out.values, expected, rtol=1e-9)
+
+
+def test_deep_vanishing_product_stays_finite_in_log_space():
+    # σ_w = 0.5 with tanh: ‖P‖ ~ 0.5^400 ≈ 1e-120 underflows float32 (min normal 1e-38), so the
+    # raw product is 0; the log-scale Lanczos still returns the right log σ. The dense route in
+    # log form (backward_products) is the reference; both are float32.
+    chain = _mlp_chain(width=32, depth=401, sigma_w=0.5, key=7)
+    dense = jacobians.backward_products(chain).log_singular_values()[0, :3]
+    out = spectra.top_singular_values(chain, 3, num_iters=32)
+    assert np.all(np.isfinite(out.log_values))
+    assert float(dense[0]) < -200  # really far below float32's range
+    # 400 renormalised float32 steps: relative error ~ 400 * 6e-8 ≈ 2.4e-5 per route.
+    np.testing.assert_allclose(out.log_values, dense, rtol=1e-5, atol=1e-3)
+    assert float(out.values[0]) == 0.0  # exp underflows, as documented
+
+
+def test_dense_matrix_matches_numpy(x64):
+    a = jax.random.normal(jax.random.key(1), (30, 50))
+    out = spectra.top_singular_values(a, 4, num_iters=30)
+    np.testing.assert_allclose(out.values, np.linalg.svd(np.asarray(a), compute_uv=False)[:4])
+    assert float(spectra.spectral_norm(a, num_iters=30)) == pytest.approx(
+        float(np.linalg.norm(np.asarray(a), 2)), rel=1e-12
+    )
+
+
+def test_rank_deficient_operator_restarts_without_nan(x64):
+    # Rank 2: the Krylov space is exhausted after two steps (breakdown); the restart must give
+    # σ_3 = σ_4 = 0 (log = -inf), not NaN.
+    u = jax.random.normal(jax.random.key(2), (20, 2))
+    v = jax.random.normal(jax.random.key(3), (2, 15))
+    a = u @ v
+    out = spectra.top_singular_values(a, 4, num_iters=8)
+    expected = np.linalg.svd(np.asarray(a), compute_uv=False)[:2]
+    np.testing.assert_allclose(out.values[:2], expected, rtol=1e-10)
+    assert not np.any(np.isnan(out.values)) and not np.any(np.isnan(out.log_values))
+    np.testing.assert_allclose(out.values[2:], 0.0, atol=1e-10 * expected[0])
+
+
+def test_relu_chain_with_dead_units(x64):
+    # ReLU with negative biases kills units: P is rank deficient, Lanczos breaks down and restarts.
+    model = gf.models.MLP(
+        width=24, depth=8, activation="relu", bias_init=gf.init.gaussian_bias(1.0)
+    )
+    x = jax.random.normal(jax.random.key(4), (24,))
+    chain = model.chain(model.init(jax.random.key(5), x), x)
+    dense = np.linalg.svd(np.asarray(jacobians.end_to_end(chain)), compute_uv=False)
+    out = spectra.top_singular_values(chain, 6, num_iters=24)
+    assert not np.any(np.isnan(out.values))
+    np.testing.assert_allclose(out.values, dense[:6], atol=1e-10 * dense[0])
+
+
+def test_lanczos_svd_on_closures(x64):
+    a = jax.random.normal(jax.random.key(6), (12, 9))
+    out = spectra.lanczos_svd(lambda v: a @ v, lambda w: a.T @ w, 9, 3, num_iters=9)
+    np.testing.assert_allclose(out.values, np.linalg.svd(np.asarray(a), compute_uv=False)[:3])
+    assert out.left.shape == (12, 3) and out.right.shape == (9, 3)
+
+
+def test_few_iterations_residual_bounds_the_error(x64):
+    # A clustered spectrum and too few steps: the values are off, but the reported residual is an
+    # honest bound (Parlett Thm 4.5.1): some true σ lies within residual·σ_1 of each Ritz value.
+    a = jax.random.normal(jax.random.key(8), (300, 300)) / np.sqrt(300)
+    true = np.linalg.svd(np.asarray(a), compute_uv=False)
+    out = spectra.top_singular_values(a, 3, num_iters=6)
+    assert float(out.residuals[0]) > 1e-6  # not converged
+    for s, r in zip(np.asarray(out.values), np.asarray(out.residuals)):
+        assert np.min(np.abs(true - s)) <= r * float(out.values[0]) * (1 + 1e-8)
+
+
+def test_jit_and_vmap_over_inits():
+    # Only jit: the eager path runs the same internally jitted program.
+    widths, depth = 16, 6
+    model = gf.models.MLP(width=widths, depth=depth, kernel_init=gf.init.gaussian(1.3))
+    x = jnp.ones((widths,)) * 0.3
+    keys = jax.random.split(jax.random.key(9), 3)
+    params = jax.vmap(lambda k: model.init(k, x))(keys)
+    f = jax.jit(lambda p: spectra.top_singular_values(model.chain(p, x), 2, num_iters=12).values)
+    batched = jax.vmap(f)(params)
+    unstacked = [jax.tree_util.tree_map(lambda a, i=i: a[i], params) for i in range(3)]
+    stacked = jnp.stack([f(p) for p in unstacked])
+    # vmap batches the same float32 operations; only reduction order may differ.
+    np.testing.assert_allclose(batched, stacked, rtol=1e-5)
+
+
+def test_memory_is_linear_in_width():
+    # XLA's own accounting of the compiled program's scratch memory: doubling n doubles the
+    # matrix-free buffers (vectors and Lanczos bases) but quadruples the dense route's (K n × n
+    # products). The RNN weights are arguments, not scratch, in both.
+    def temp_bytes(fn, n):
+        model = gf.models.RNN(width=n)
+        u = jnp.ones((20, 2))
+        params = model.init(jax.random.key(0), u)
+        compiled = jax.jit(lambda p: fn(model.chain(p, u))).lower(params).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    matfree = lambda c: spectra.top_singular_values(c, 2, num_iters=8).values
+    dense = lambda c: jacobians.backward_products(c).log_singular_values()[0, :2]
+    m1, m2 = temp_bytes(matfree, 64), temp_bytes(matfree, 128)
+    d1, d2 = temp_bytes(dense, 64), temp_bytes(dense, 128)
+    assert m2 / m1 < 2.5, (m1, m2)
+    assert d2 / d1 > 3.5, (d1, d2)
+    assert m2 < d2 / 20
+
+
+def test_argument_errors():
+    chain = _mlp_chain(width=8, depth=5, sigma_w=1.0)
+    with pytest.raises(ValueError, match="k must be <="):
+        spectra.top_singular_values(chain, 9)
+    with pytest.raises(ValueError, match="num_iters"):
+        spectra.top_singular_values(chain, 3, num_iters=2)
+    with pytest.raises(ValueError, match="start and stop"):
+        spectra.top_singular_values(chain, 2, start=3, stop=3)
+    with pytest.raises(TypeError, match="start must be an integer"):
+        spectra.top_singular_values(chain, 2, start=1.0)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        spectra.top_singular_values(chain, 2.0)
+    with pytest.raises(TypeError, match="Chain or a matrix"):
+        spectra.top_singular_values(lambda v: v, 2)
+    with pytest.raises(ValueError, match="2-D"):
+        spectra.top_singular_values(jnp.ones((2, 3, 3)), 1)
+    with pytest.raises(ValueError, match="non-finite"):
+        spectra.top_singular_values(jnp.full((3, 3), jnp.nan), 1)
+    with pytest.raises(TypeError, match="matvec"):
+        spectra.lanczos_svd(None, None, 3)
+    assert isinstance(chain, Chain)
+
+
+def test_public_names():
+    for name in ("TopSingular", "lanczos_svd", "top_singular_values", "spectral_norm"):
+        assert name in spectra.__all__ and hasattr(spectra, name)
