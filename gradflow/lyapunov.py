@@ -103,26 +103,32 @@ def _resolve_k(k, n: int) -> int:
     return k
 
 
-def _scan_spectrum(advance, carry0, xs, length: int, discard: int, n: int, k: int, dtype, key):
-    """Shared Benettin loop. ``advance(carry, x, q) -> (carry, J q)`` applies one step."""
+def _scan_spectrum(
+    advance, carry0, xs, length: int, discard: int, n: int, k: int, dtype, key, record: bool
+):
+    """Shared Benettin loop. ``advance(carry, x, q) -> (carry, J q)`` applies one step.
+
+    With ``record`` False the scan emits nothing per step, so its memory is O(n k) whatever the
+    length (nothing is left for dead-code elimination to find).
+    """
     q0 = _initial_frame(n, k, dtype, key)
     zeros = jnp.zeros((k,), dtype)
 
-    def body(state, inp):
-        carry, q, total, comp = state
-        x, t = inp
+    def body(state, x):
+        carry, q, total, comp, t = state
         carry, z = advance(carry, x, q)
         q, log_r = _qr_step(z)
         counted = t >= discard
         new_total, new_comp = _kahan_add(total, comp, log_r)
         total = jnp.where(counted, new_total, total)
         comp = jnp.where(counted, new_comp, comp)
-        return (carry, q, total, comp), (log_r, total)
+        # The step counter lives in the carry (not an arange scanned over) so that nothing of
+        # size K is allocated unless per-step outputs are requested.
+        return (carry, q, total, comp, t + 1), ((log_r, total) if record else None)
 
-    steps = jnp.arange(length)
-    (_, _, total, _), (log_r, totals) = jax.lax.scan(
-        body, (carry0, q0, zeros, zeros), (xs, steps), length=length
-    )
+    init = (carry0, q0, zeros, zeros, jnp.zeros((), jnp.int32))
+    (_, _, total, _, _), per_step = jax.lax.scan(body, init, xs, length=length)
+    log_r, totals = per_step if record else (None, None)
     return total, log_r, totals
 
 
@@ -136,7 +142,7 @@ def _check_discard(discard, length: int) -> int:
     return int(discard)
 
 
-def _run(jacobians_or_chain, k, key, discard):
+def _run(jacobians_or_chain, k, key, discard, record):
     """Dispatches on the input type; returns (total (k,), log_r (K, k), totals (K, k), counted)."""
     if isinstance(jacobians_or_chain, Chain):
         chain = jacobians_or_chain
@@ -157,7 +163,7 @@ def _run(jacobians_or_chain, k, key, discard):
             return h_next, jax.vmap(jvp, in_axes=1, out_axes=1)(q)
 
         out = _scan_spectrum(
-            advance, h0, chain.per_step(), chain.length, discard, n, k, h0.dtype, key
+            advance, h0, chain.per_step(), chain.length, discard, n, k, h0.dtype, key, record
         )
         return (*out, chain.length - discard, discard)
 
@@ -176,7 +182,7 @@ def _run(jacobians_or_chain, k, key, discard):
     k = _resolve_k(k, n)
     discard = _check_discard(discard, length)
     advance = lambda carry, j, q: (carry, j @ q)
-    out = _scan_spectrum(advance, None, jac, length, discard, n, k, jac.dtype, key)
+    out = _scan_spectrum(advance, None, jac, length, discard, n, k, jac.dtype, key, record)
     return (*out, length - discard, discard)
 
 
@@ -211,7 +217,7 @@ def lyapunov_spectrum(jacobians_or_chain, k: int | None = None, *, key=None, dis
     References:
       Benettin et al. 1980 (Meccanica 15:9–30); Eckmann & Ruelle 1985 (Rev. Mod. Phys. 57:617).
     """
-    total, _, _, counted, _ = _run(jacobians_or_chain, k, key, discard)
+    total, _, _, counted, _ = _run(jacobians_or_chain, k, key, discard, record=False)
     return jnp.sort(total / counted)[::-1]
 
 
@@ -228,7 +234,7 @@ def finite_time_spectrum(
       :class:`FiniteTimeSpectrum` with ``exponents`` ``(k,)``, ``running`` and ``log_growth``
       ``(K − discard, k)``.
     """
-    total, log_r, totals, counted, discard = _run(jacobians_or_chain, k, key, discard)
+    total, log_r, totals, counted, discard = _run(jacobians_or_chain, k, key, discard, record=True)
     dtype = totals.dtype
     steps = jnp.arange(1, counted + 1, dtype=dtype)[:, None]
     running = totals[discard:] / steps
