@@ -243,3 +243,24 @@ def test_bad_chain_arguments():
     chain = _tanh_chain(steps=10)
     with pytest.raises(ValueError, match="k must be <="):
         lyapunov.lyapunov_spectrum(chain, k=7)
+
+
+def test_chain_memory_does_not_grow_with_length():
+    # Compiled scratch memory of the on-the-fly spectrum is the same at T = 50 and T = 5000
+    # (state, frame and one step's tangents), while storing the Jacobians grows like T·n².
+    # (benchmarks/bench_lyapunov.py reports the same up to T = 10,000.)
+    def temp_bytes(steps, stored):
+        model = RNN(width=8, activation="tanh")
+        u = jnp.zeros((steps, 1))
+        chain = model.chain(model.init(jax.random.key(0), u), u)
+        if stored:
+            f = lambda p, xs, h0: lyapunov.lyapunov_spectrum(
+                jacobians.step_jacobians(chain.replace(params=p, xs=xs, h0=h0))
+            )
+        else:
+            f = lambda p, xs, h0: lyapunov.lyapunov_spectrum(chain.replace(params=p, xs=xs, h0=h0))
+        lowered = jax.jit(f).lower(chain.params, chain.xs, chain.h0)
+        return lowered.compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(50, stored=False) == temp_bytes(5000, stored=False)
+    assert temp_bytes(5000, stored=True) > 50 * temp_bytes(5000, stored=False)
