@@ -63,6 +63,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -476,11 +477,16 @@ def jacobian_spectrum(point, *, residual: bool = False):
     return {"log_singular_values": jnp.log(s) + products.log_norm[0], "log_norm": products.log_norm}
 
 
+def _mse_data(model, kx, ky, batch):
+    x = _input(kx, {"width": model.width}, batch)
+    y = jax.random.normal(ky, (batch, model.out_features), x.dtype)
+    return x, y
+
+
 def _mse_grad_norms(model, params, kx, ky, batch):
     from gradflow import gradients
 
-    x = _input(kx, {"width": model.width}, batch)
-    y = jax.random.normal(ky, (batch, model.out_features), x.dtype)
+    x, y = _mse_data(model, kx, ky, batch)
     loss = lambda p, b: jnp.mean((model.apply(p, b[0]) - b[1]) ** 2)
     return gradients.layer_grad_norms(loss, params, (x, y)), x
 
@@ -552,13 +558,23 @@ def top_lyapunov(jacobians_or_chain, key):
 def gradient_diagnostics(point, *, batch: int = 16, residual: bool = False):
     """Everything the initialisation study needs about one network, from one set of parameters.
 
+    Mean-squared error of the readout on ``batch`` rows x ~ N(0, I_width), y ~ N(0, 1).
+
     Returns:
-      dict with ``layer_grad_norms`` ``(depth + 1,)``, ``log10_first_over_last`` (scalar),
-      ``lyapunov`` (the top Lyapunov exponent across depth, nats per layer, on the chain of one
-      input) and ``chi1_empirical`` (mean over layers of ‖J_k‖_F²/width — the finite-width
-      estimate of the mean-field χ₁ = σ_w² E[φ'(z)²], which it equals for zero-mean weights).
+      dict with
+
+      - ``layer_grad_norms`` ``(depth + 1,)``: ‖∂L/∂θ_l‖, input layer first, readout last;
+      - ``log10_first_over_last``: log10 of the first over the last hidden layer's entry;
+      - ``state_grad_norms`` ``(depth,)``: ‖∂L/∂h_l‖ for the hidden states h_1 … h_depth (the
+        back-propagated error signal, without the activations that weight gradients multiply in);
+      - ``log10_state_first_over_last``: log10 ‖∂L/∂h_1‖ / ‖∂L/∂h_depth‖;
+      - ``lyapunov``: the top Lyapunov exponent across depth (nats per layer) of the chain of
+        hidden-layer Jacobians at the first input row;
+      - ``chi1_empirical``: mean over those layers of ‖J_k‖_F²/width, the finite-width estimate
+        of the mean-field χ₁ = σ_w² E[φ'(z)²] (which it equals for zero-mean weights).
     """
-    from gradflow import jacobians
+    from gradflow import gradients, jacobians
+    from gradflow.models import _common
 
     if int(point["depth"]) < 2:
         raise ValueError(f"gradient_diagnostics needs depth >= 2, got {point['depth']}")
@@ -566,12 +582,18 @@ def gradient_diagnostics(point, *, batch: int = 16, residual: bool = False):
     model = mlp_from_point(point, residual=residual)
     params = model.init(kp, jnp.zeros((int(point["width"]),), _checks.default_float()))
     norms, x = _mse_grad_norms(model, params, kx, ky, batch)
-    chain = model.chain(params, x[0])
-    jac = jacobians.step_jacobians(chain)
+    _, y = _mse_data(model, kx, ky, batch)
+    readout = params["params"]["readout"]
+    states = gradients.state_grad_norms(
+        model.chain(params, x), lambda h: jnp.mean((_common.readout(readout, h) - y) ** 2)
+    )
+    jac = jacobians.step_jacobians(model.chain(params, x[0]))
     chi1 = jnp.mean(jnp.sum(jac**2, axis=(1, 2))) / jac.shape[-1]
     return {
         "layer_grad_norms": norms,
         "log10_first_over_last": jnp.log10(norms[0] / norms[-2]),
+        "state_grad_norms": states,
+        "log10_state_first_over_last": jnp.log10(states[0] / states[-1]),
         "lyapunov": top_lyapunov(jac, jax.random.fold_in(ky, 1)),
         "chi1_empirical": chi1,
     }
@@ -599,7 +621,7 @@ MEASUREMENTS: dict[str, Measurement] = {
     "gradient_diagnostics": Measurement(
         gradient_diagnostics,
         "gradient_diagnostics",
-        output_dims={"layer_grad_norms": ("layer",)},
+        output_dims={"layer_grad_norms": ("layer",), "state_grad_norms": ("layer",)},
     ),
     "lyapunov": Measurement(lyapunov_exponent, "lyapunov"),
 }
@@ -1090,6 +1112,7 @@ def run(
     memory_budget=None,
     devices: Sequence | None = None,
     compiler_options: Mapping[str, Any] | None = None,
+    compile_workers: int | None = None,
     quiet: bool = False,
     stream=None,
 ) -> SweepResult:
@@ -1113,6 +1136,9 @@ def run(
       compiler_options: XLA options for every compile, e.g.
         ``{"xla_backend_optimization_level": 0}``, which on CPU compiles several times faster
         for slightly slower code: worth it for many small static combinations.
+      compile_workers: threads that trace and compile the next static combinations while the
+        current one runs (XLA compiles outside the GIL, so with several cores several compile
+        at once). Default: the number of CPU cores, at most 4; 1 compiles in the main thread.
       quiet: no progress line.
       stream: where the progress line goes (default ``sys.stderr``).
 
@@ -1130,11 +1156,19 @@ def run(
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices must name at least one device")
+    if compile_workers is None:
+        workers = max(1, min(4, os.cpu_count() or 1))
+    else:
+        workers = _checks.positive_int("compile_workers", compile_workers)
     with jax.enable_x64(sweep.dtype == "float64"):
-        return _run(sweep, out_dir, batch_size, budget, devices, compiler_options, quiet, stream)
+        return _run(
+            sweep, out_dir, batch_size, budget, devices, compiler_options, workers, quiet, stream
+        )
 
 
-def _run(sweep, out_dir, batch_size, budget, devices, options, quiet, stream) -> SweepResult:
+def _run(
+    sweep, out_dir, batch_size, budget, devices, options, compile_workers, quiet, stream
+) -> SweepResult:
     t_start = time.perf_counter()
     writer = jax.process_index() == 0
     out = None if out_dir is None else Path(out_dir)
@@ -1161,92 +1195,74 @@ def _run(sweep, out_dir, batch_size, budget, devices, options, quiet, stream) ->
 
     n_dev = len(devices)
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
+    sharding = NamedSharding(mesh, P(MESH_AXIS))
     n_batched = math.prod(sweep.batched_shape)
     progress = _Progress(sweep.n_configs, stream, quiet)
     shapes = sweep.shapes()
-    blocks = []
-    for s, static in enumerate(shapes):
-        label = ", ".join(f"{k}={v}" for k, v in static.items()) or "all"
-        layout = None if manifest is None else manifest["shapes"].get(str(s))
+    labels = [", ".join(f"{k}={v}" for k, v in st.items()) or "all" for st in shapes]
+    stored = [
+        None if manifest is None else manifest["shapes"].get(str(s)) for s in range(len(shapes))
+    ]
+    for s, layout in enumerate(stored):  # fail before compiling anything
         if layout is not None and batch_size is not None and layout["batch_size"] != batch_size:
             raise ValueError(
-                f"out_dir {out} was started with batch_size={layout['batch_size']} for {label}; "
-                f"got batch_size={batch_size}. Pass batch_size=None to resume, or use a new "
-                "directory"
+                f"out_dir {out} was started with batch_size={layout['batch_size']} for "
+                f"{labels[s]}; got batch_size={batch_size}. Pass batch_size=None to resume, or "
+                "use a new directory"
             )
-        if layout is None:
-            b = batch_size
-            if b is None:
-                per = _per_config_bytes(sweep, static, options)
-                b = max(1, budget // per) if per else 1
-                b = min(b, -(-n_batched // n_dev))
-            chunk = b * n_dev
-            layout = {
-                "static": static,
-                "batch_size": int(b),
-                "chunk_size": int(chunk),
-                "n_chunks": -(-n_batched // chunk),
-                "n_configs": n_batched,
-            }
-            if manifest is not None:
+
+    def prepare(s):
+        """Layout and compiled function of shape s (None if every chunk is on disk already).
+
+        Runs in a worker thread, so that the next shapes compile while this one computes (and,
+        with several cores, several shapes compile at once); JAX's x64 flag is thread-local.
+        """
+        with jax.enable_x64(sweep.dtype == "float64"):
+            layout = stored[s]
+            if layout is None:
+                b = batch_size
+                if b is None:
+                    per = _per_config_bytes(sweep, shapes[s], options)
+                    b = max(1, budget // per) if per else 1
+                    b = min(b, -(-n_batched // n_dev))
+                layout = {
+                    "static": shapes[s],
+                    "batch_size": int(b),
+                    "chunk_size": int(b * n_dev),
+                    "n_chunks": -(-n_batched // (b * n_dev)),
+                    "n_configs": n_batched,
+                }
+            if out is not None and all(
+                (out / CHUNKS / f"{_chunk_id(s, j)}.npz").exists()
+                for j in range(layout["n_chunks"])
+            ):
+                return layout, None
+            return layout, _compile(sweep, shapes[s], mesh, sharding, layout, n_dev, options)
+
+    workers = max(1, min(compile_workers, len(shapes)))
+    pool = (
+        ThreadPoolExecutor(workers, thread_name_prefix="gradflow-compile") if workers > 1 else None
+    )
+    futures: dict[int, Any] = {}
+    blocks = []
+    try:
+        for s, static in enumerate(shapes):
+            for t in range(s, min(s + workers, len(shapes))):  # keep the pool busy ahead
+                if pool is not None and t not in futures:
+                    futures[t] = pool.submit(prepare, t)
+            layout, fn = futures.pop(s).result() if pool is not None else prepare(s)
+            if manifest is not None and stored[s] is None:
                 manifest["shapes"][str(s)] = layout
                 if writer:
                     _write_json(out / MANIFEST, manifest)
-        chunk, n_chunks = layout["chunk_size"], layout["n_chunks"]
-        ids = [_chunk_id(s, j) for j in range(n_chunks)]
-        done = np.array([out is not None and (out / CHUNKS / f"{i}.npz").exists() for i in ids])
-        done = _broadcast_done(done)
-        results: dict[int, dict[str, np.ndarray]] = {}
-        fn = None
-        # A chunk is computed on devices × per-device rows; the per-device batch stays the
-        # layout's batch_size unless the sweep resumes on a different number of devices.
-        per_dev = -(-chunk // n_dev)
-        padded = per_dev * n_dev
-        sharding = NamedSharding(mesh, P(MESH_AXIS))
-        for j in range(n_chunks):
-            lo, hi = j * chunk, min((j + 1) * chunk, n_batched)
-            text = f"shape {s + 1}/{len(shapes)} [{label}] chunk {j + 1}/{n_chunks}"
-            if done[j]:
-                if manifest is not None and ids[j] not in manifest["chunks"]:
-                    # Written by a run killed before it could update the manifest.
-                    manifest["chunks"][ids[j]] = {"session": None, "configs": hi - lo}
-                if manifest is not None:
-                    manifest["sessions"][-1]["chunks_skipped"] += 1
-                progress.update(hi - lo, False, text)
-                continue
-            if fn is None:  # compiled once per static combination, only if a chunk is left
-                lowered = _shape_function(sweep, static, mesh).lower(
-                    *_arg_specs(sweep, padded, sharding)
-                )
-                fn = lowered.compile(compiler_options=options)
-            t0 = time.perf_counter()
-            index = np.minimum(np.arange(lo, lo + padded), hi - 1)  # pad with the last config
-            host = [index.astype(np.int32), *sweep.batched_values(index)]
-            args = [
-                jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx])
-                for a in host
-            ]
-            outputs = _flatten(fn(*args))
-            arrays = {k: _gather(v)[: hi - lo] for k, v in outputs.items()}
-            wall = time.perf_counter() - t0
-            if out is not None:
-                if writer:
-                    _write_npz(out / CHUNKS / f"{ids[j]}.npz", arrays)
-                manifest["chunks"][ids[j]] = {
-                    "session": len(manifest["sessions"]) - 1,
-                    "configs": hi - lo,
-                    "wall_s": round(wall, 4),
-                }
-                session = manifest["sessions"][-1]
-                session["chunks_computed"] += 1
-                session["wall_s"] = round(time.perf_counter() - t_start, 3)
-                manifest["updated"] = _now()
-                if writer:
-                    _write_json(out / MANIFEST, manifest)
-            else:
-                results[j] = arrays
-            progress.update(hi - lo, True, text)
-        blocks.append(_assemble(out, s, n_chunks, results, sweep.batched_shape))
+            results = _run_shape(
+                sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev,
+                options, progress, f"shape {s + 1}/{len(shapes)} [{labels[s]}]", t_start,
+            )  # fmt: skip
+            blocks.append(_assemble(out, s, layout["n_chunks"], results, sweep.batched_shape))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     progress.update(0, False, f"done, {len(shapes)} shape(s)", final=True)
     if manifest is not None:
@@ -1261,6 +1277,68 @@ def _run(sweep, out_dir, batch_size, budget, devices, options, quiet, stream) ->
     if out is not None and writer:
         _write_results(out, result)
     return result
+
+
+def _compile(sweep, static, mesh, sharding, layout, n_dev, options):
+    # A chunk is computed on devices × per-device rows; the per-device batch stays the layout's
+    # batch_size unless the sweep resumes on a different number of devices.
+    padded = -(-layout["chunk_size"] // n_dev) * n_dev
+    lowered = _shape_function(sweep, static, mesh).lower(*_arg_specs(sweep, padded, sharding))
+    return lowered.compile(compiler_options=options)
+
+
+def _run_shape(
+    sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev, options,
+    progress, text, t_start,
+) -> dict[int, dict[str, np.ndarray]]:  # fmt: skip
+    """Computes (and stores) the missing chunks of one static combination."""
+    chunk, n_chunks = layout["chunk_size"], layout["n_chunks"]
+    n_batched = layout["n_configs"]
+    ids = [_chunk_id(s, j) for j in range(n_chunks)]
+    done = np.array([out is not None and (out / CHUNKS / f"{i}.npz").exists() for i in ids])
+    done = _broadcast_done(done)
+    padded = -(-chunk // n_dev) * n_dev
+    results: dict[int, dict[str, np.ndarray]] = {}
+    for j in range(n_chunks):
+        lo, hi = j * chunk, min((j + 1) * chunk, n_batched)
+        label = f"{text} chunk {j + 1}/{n_chunks}"
+        if done[j]:
+            if manifest is not None and ids[j] not in manifest["chunks"]:
+                # Written by a run killed before it could update the manifest.
+                manifest["chunks"][ids[j]] = {"session": None, "configs": hi - lo}
+            if manifest is not None:
+                manifest["sessions"][-1]["chunks_skipped"] += 1
+            progress.update(hi - lo, False, label)
+            continue
+        if fn is None:  # compiled once per static combination, only if a chunk is left
+            fn = _compile(sweep, static, mesh, sharding, layout, n_dev, options)
+        t0 = time.perf_counter()
+        index = np.minimum(np.arange(lo, lo + padded), hi - 1)  # pad with the last config
+        host = [index.astype(np.int32), *sweep.batched_values(index)]
+        args = [
+            jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx]) for a in host
+        ]
+        outputs = _flatten(fn(*args))
+        arrays = {k: _gather(v)[: hi - lo] for k, v in outputs.items()}
+        wall = time.perf_counter() - t0
+        if out is not None:
+            if writer:
+                _write_npz(out / CHUNKS / f"{ids[j]}.npz", arrays)
+            manifest["chunks"][ids[j]] = {
+                "session": len(manifest["sessions"]) - 1,
+                "configs": hi - lo,
+                "wall_s": round(wall, 4),
+            }
+            session = manifest["sessions"][-1]
+            session["chunks_computed"] += 1
+            session["wall_s"] = round(time.perf_counter() - t_start, 3)
+            manifest["updated"] = _now()
+            if writer:
+                _write_json(out / MANIFEST, manifest)
+        else:
+            results[j] = arrays
+        progress.update(hi - lo, True, label)
+    return results
 
 
 def _assemble(out, s, n_chunks, results, batched_shape) -> dict[str, np.ndarray]:

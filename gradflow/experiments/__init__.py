@@ -15,6 +15,7 @@ __all__ = ["REGISTRY", "names", "get"]
 REGISTRY: dict[str, str] = {
     "vanishing": "gradflow.experiments.vanishing",
     "pascanu2013": "gradflow.experiments.pascanu2013",
+    "init_study": "gradflow.experiments.init_study",
 }
 
 
