@@ -7,9 +7,11 @@ from gradflow import gradients
 from gradflow import init
 from gradflow import jacobians
 from gradflow import lyapunov
+from gradflow import meanfield
 from gradflow import models
 from gradflow import spectra
 from gradflow import sweep
+from gradflow import theory
 from gradflow.chain import Chain
 
 __version__ = "0.1.0"
@@ -23,7 +25,9 @@ __all__ = [
     "init",
     "jacobians",
     "lyapunov",
+    "meanfield",
     "models",
     "spectra",
     "sweep",
+    "theory",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "yilmaz_poli_mean",
     "zeros",
     "gaussian_bias",
+    "critical",
 ]
 
 Initializer = Callable[..., jax.Array]
@@ -171,3 +172,28 @@ def gaussian_bias(sigma_b: float) -> Initializer:
         return (sigma_b * jax.random.normal(key, shape, dtype)).astype(dtype)
 
     return init
+
+
+def critical(activation: _act.ActivationLike, sigma_b2: float = 0.0) -> Initializer:
+    """N(0, σ_w²*/fan_in) on the edge of chaos χ₁ = 1 (Schoenholz et al. 2017, arXiv:1611.01232).
+
+    σ_w²* = ``gradflow.meanfield.critical_sigma_w2(activation, sigma_b2)``: 2 for ReLU (He et al.),
+    1 for tanh at σ_b² = 0, ≈ 1.76 for tanh at σ_b² = 0.05. Pair it with
+    ``gaussian_bias(sqrt(sigma_b2))`` for the biases, which the critical point assumes.
+
+    Args:
+      activation: registry name or callable.
+      sigma_b2: bias variance σ_b² >= 0.
+
+    Raises:
+      ValueError: for an unknown activation, a negative σ_b², or no critical point.
+    """
+    # Imported here so that meanfield stays a leaf of activations (DESIGN.md's dependency arrows).
+    from gradflow import meanfield
+
+    sw2 = float(meanfield.critical_sigma_w2(activation, sigma_b2))
+    if not math.isfinite(sw2) or sw2 <= 0:
+        raise ValueError(
+            f"no edge of chaos for activation {activation!r} at sigma_b2={sigma_b2} (got {sw2})"
+        )
+    return gaussian(math.sqrt(sw2))
