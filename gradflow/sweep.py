@@ -60,8 +60,10 @@ import platform
 import re
 import sys
 import tempfile
+import threading
 import time
 import tomllib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -88,6 +90,7 @@ __all__ = [
     "mlp_from_point",
     "parse_bytes",
     "run",
+    "clear_cache",
 ]
 
 FORMAT = 1
@@ -196,7 +199,8 @@ class SweepResult:
       blocks: one dict per static combination (in :meth:`Sweep.shapes` order) mapping output name
         -> array ``(*batched_shape, *output_shape)``; entries missing from a partial sweep are
         NaN-filled.
-      manifest: the directory's manifest, or ``None`` for an in-memory sweep.
+      manifest: the run's manifest (config, versions, devices, per-combination layout, chunks,
+        sessions, wall time); written to ``out_dir/manifest.json`` unless the sweep ran in memory.
     """
 
     config: Mapping[str, Any]
@@ -952,11 +956,14 @@ def _diff(stored: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _open_store(out_dir: Path, sweep: Sweep) -> dict:
-    """Reads or creates the manifest; raises ValueError if the directory holds another sweep."""
+def _open_store(out_dir: Path | None, sweep: Sweep) -> dict:
+    """Reads or creates the manifest; raises ValueError if the directory holds another sweep.
+
+    An in-memory sweep (``out_dir=None``) gets a fresh manifest that is never written.
+    """
     config = sweep.config()
-    path = out_dir / MANIFEST
-    if path.exists():
+    path = None if out_dir is None else out_dir / MANIFEST
+    if path is not None and path.exists():
         manifest = json.loads(path.read_text())
         if manifest.get("config_sha256") != _config_hash(config):
             diffs = _diff(manifest.get("config", {}), config)
@@ -965,7 +972,7 @@ def _open_store(out_dir: Path, sweep: Sweep) -> dict:
                 "use a new directory, or delete this one to start over"
             )
         return manifest
-    if (out_dir / CHUNKS).exists():
+    if out_dir is not None and (out_dir / CHUNKS).exists():
         raise ValueError(f"out_dir {out_dir} has a {CHUNKS}/ folder but no {MANIFEST}; not a sweep")
     return {
         "format": FORMAT,
@@ -1060,10 +1067,51 @@ def _arg_specs(sweep: Sweep, n: int, sharding=None):
     return specs
 
 
+# Compiled programs, so that running the same sweep again in this process (a notebook, a
+# benchmark, a resumed in-memory run) does not compile again. Keyed by everything the program
+# depends on; the measurement function is held in the value so that its id cannot be reused.
+_CACHE: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
+_CACHE_SIZE = 64
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forgets every compiled sweep program (see :func:`run`)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _cached_compile(kind: str, sweep: Sweep, static: dict, n: int, mesh, sharding, options):
+    key = (
+        kind,
+        id(sweep.measure.fn),
+        json.dumps(dict(sweep.measure.options), sort_keys=True),
+        tuple(sweep.axes),
+        tuple(static.items()),
+        tuple(str(v.dtype) for v in sweep.batched_values(np.zeros(1, np.int64))),
+        n,
+        None if mesh is None else tuple(d.id for d in mesh.devices.flat),
+        jax.config.jax_enable_x64,
+        str(jax.config.jax_default_matmul_precision),
+        json.dumps(dict(options or {}), sort_keys=True),
+    )
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] is sweep.measure.fn:
+            _CACHE.move_to_end(key)
+            return hit[1]
+    lowered = _shape_function(sweep, static, mesh).lower(*_arg_specs(sweep, n, sharding))
+    compiled = lowered.compile(compiler_options=options)
+    with _CACHE_LOCK:
+        _CACHE[key] = (sweep.measure.fn, compiled)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return compiled
+
+
 def _per_config_bytes(sweep: Sweep, static: dict, compiler_options=None) -> int | None:
     """Peak bytes of one configuration: XLA's memory analysis of the single-config program."""
-    lowered = _shape_function(sweep, static, None).lower(*_arg_specs(sweep, 1))
-    compiled = lowered.compile(compiler_options=compiler_options)
+    compiled = _cached_compile("estimate", sweep, static, 1, None, None, compiler_options)
     stats = compiled.memory_analysis()
     if stats is None:  # some backends do not report
         return None
@@ -1119,11 +1167,12 @@ def run(
     """Runs a sweep (resuming it if ``out_dir`` already holds part of it).
 
     For every static combination: pick ``batch_size`` (configurations vmapped per device per
-    step), compile the measurement once, then for every chunk of ``devices × batch_size``
-    configurations not yet on disk: place the batched values sharded over the devices, run, write
-    ``out_dir/chunks/sSSSS-cCCCCCC.npz`` atomically and update the manifest. The last chunk of a
-    combination is padded (with copies of its last configuration) to the full size, so there is
-    one compile per combination, not two.
+    step), compile the measurement once (compiled programs are kept in a small in-process cache,
+    so running the same sweep again does not recompile; :func:`clear_cache` empties it), then
+    for every chunk of ``devices × batch_size`` configurations not yet on disk: place the
+    batched values sharded over the devices, run, write ``out_dir/chunks/sSSSS-cCCCCCC.npz``
+    atomically and update the manifest. The last chunk of a combination is padded (with copies
+    of its last configuration) to the full size, so there is one compile per combination.
 
     Args:
       sweep: the :class:`Sweep`.
@@ -1172,26 +1221,26 @@ def _run(
     t_start = time.perf_counter()
     writer = jax.process_index() == 0
     out = None if out_dir is None else Path(out_dir)
-    manifest = None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"out_dir {out} exists and is not a directory")
-        manifest = _open_store(out, sweep)
-        session = {
-            "started": _now(),
-            "host": platform.node(),
-            "devices": _device_info(devices),
-            "compiler_options": dict(options or {}),
-            "chunks_computed": 0,
-            "chunks_skipped": 0,
-            "wall_s": 0.0,
-        }
-        manifest["sessions"].append(session)
-        manifest["device"] = manifest["device"] or _device_info(devices)
-        if writer:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / CHUNKS).mkdir(exist_ok=True)
-            _write_json(out / MANIFEST, manifest)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} exists and is not a directory")
+    # In memory too, the manifest records the layout, devices and timings (never written then).
+    manifest = _open_store(out, sweep)
+    writer = writer and out is not None
+    session = {
+        "started": _now(),
+        "host": platform.node(),
+        "devices": _device_info(devices),
+        "compiler_options": dict(options or {}),
+        "chunks_computed": 0,
+        "chunks_skipped": 0,
+        "wall_s": 0.0,
+    }
+    manifest["sessions"].append(session)
+    manifest["device"] = manifest["device"] or _device_info(devices)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CHUNKS).mkdir(exist_ok=True)
+        _write_json(out / MANIFEST, manifest)
 
     n_dev = len(devices)
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
@@ -1200,9 +1249,7 @@ def _run(
     progress = _Progress(sweep.n_configs, stream, quiet)
     shapes = sweep.shapes()
     labels = [", ".join(f"{k}={v}" for k, v in st.items()) or "all" for st in shapes]
-    stored = [
-        None if manifest is None else manifest["shapes"].get(str(s)) for s in range(len(shapes))
-    ]
+    stored = [manifest["shapes"].get(str(s)) for s in range(len(shapes))]
     for s, layout in enumerate(stored):  # fail before compiling anything
         if layout is not None and batch_size is not None and layout["batch_size"] != batch_size:
             raise ValueError(
@@ -1251,7 +1298,7 @@ def _run(
                 if pool is not None and t not in futures:
                     futures[t] = pool.submit(prepare, t)
             layout, fn = futures.pop(s).result() if pool is not None else prepare(s)
-            if manifest is not None and stored[s] is None:
+            if stored[s] is None:
                 manifest["shapes"][str(s)] = layout
                 if writer:
                     _write_json(out / MANIFEST, manifest)
@@ -1265,14 +1312,13 @@ def _run(
             pool.shutdown(wait=True, cancel_futures=True)
 
     progress.update(0, False, f"done, {len(shapes)} shape(s)", final=True)
-    if manifest is not None:
-        session = manifest["sessions"][-1]
-        session["wall_s"] = round(time.perf_counter() - t_start, 3)
-        manifest["wall_s"] = round(sum(x["wall_s"] for x in manifest["sessions"]), 3)
-        manifest["complete"] = True
-        manifest["updated"] = _now()
-        if writer:
-            _write_json(out / MANIFEST, manifest)
+    session = manifest["sessions"][-1]
+    session["wall_s"] = round(time.perf_counter() - t_start, 3)
+    manifest["wall_s"] = round(sum(x["wall_s"] for x in manifest["sessions"]), 3)
+    manifest["complete"] = True
+    manifest["updated"] = _now()
+    if writer:
+        _write_json(out / MANIFEST, manifest)
     result = SweepResult(sweep.config(), tuple(blocks), manifest)
     if out is not None and writer:
         _write_results(out, result)
@@ -1283,8 +1329,7 @@ def _compile(sweep, static, mesh, sharding, layout, n_dev, options):
     # A chunk is computed on devices × per-device rows; the per-device batch stays the layout's
     # batch_size unless the sweep resumes on a different number of devices.
     padded = -(-layout["chunk_size"] // n_dev) * n_dev
-    lowered = _shape_function(sweep, static, mesh).lower(*_arg_specs(sweep, padded, sharding))
-    return lowered.compile(compiler_options=options)
+    return _cached_compile("chunk", sweep, static, padded, mesh, sharding, options)
 
 
 def _run_shape(
@@ -1303,11 +1348,10 @@ def _run_shape(
         lo, hi = j * chunk, min((j + 1) * chunk, n_batched)
         label = f"{text} chunk {j + 1}/{n_chunks}"
         if done[j]:
-            if manifest is not None and ids[j] not in manifest["chunks"]:
+            if ids[j] not in manifest["chunks"]:
                 # Written by a run killed before it could update the manifest.
                 manifest["chunks"][ids[j]] = {"session": None, "configs": hi - lo}
-            if manifest is not None:
-                manifest["sessions"][-1]["chunks_skipped"] += 1
+            manifest["sessions"][-1]["chunks_skipped"] += 1
             progress.update(hi - lo, False, label)
             continue
         if fn is None:  # compiled once per static combination, only if a chunk is left
@@ -1321,22 +1365,21 @@ def _run_shape(
         outputs = _flatten(fn(*args))
         arrays = {k: _gather(v)[: hi - lo] for k, v in outputs.items()}
         wall = time.perf_counter() - t0
-        if out is not None:
-            if writer:
-                _write_npz(out / CHUNKS / f"{ids[j]}.npz", arrays)
-            manifest["chunks"][ids[j]] = {
-                "session": len(manifest["sessions"]) - 1,
-                "configs": hi - lo,
-                "wall_s": round(wall, 4),
-            }
-            session = manifest["sessions"][-1]
-            session["chunks_computed"] += 1
-            session["wall_s"] = round(time.perf_counter() - t_start, 3)
-            manifest["updated"] = _now()
-            if writer:
-                _write_json(out / MANIFEST, manifest)
-        else:
+        if out is not None and writer:
+            _write_npz(out / CHUNKS / f"{ids[j]}.npz", arrays)
+        if not writer:  # in memory, or a process that does not write: keep the arrays
             results[j] = arrays
+        manifest["chunks"][ids[j]] = {
+            "session": len(manifest["sessions"]) - 1,
+            "configs": hi - lo,
+            "wall_s": round(wall, 4),
+        }
+        session = manifest["sessions"][-1]
+        session["chunks_computed"] += 1
+        session["wall_s"] = round(time.perf_counter() - t_start, 3)
+        manifest["updated"] = _now()
+        if writer:
+            _write_json(out / MANIFEST, manifest)
         progress.update(hi - lo, True, label)
     return results
 

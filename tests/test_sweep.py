@@ -154,6 +154,11 @@ def test_compiles_once_per_shape(tmp_path):
     traces.clear()
     sw.run(s, memory_budget="64kB", quiet=True)  # + one memory-analysis compile per shape
     assert len(traces) == 4
+    sw.run(s, memory_budget="64kB", quiet=True)  # the same sweep again: compiled programs cached
+    assert len(traces) == 4
+    sw.clear_cache()
+    sw.run(s, memory_budget="64kB", quiet=True)
+    assert len(traces) == 8
 
 
 def test_resume_recomputes_only_missing_chunks(tmp_path):
@@ -363,3 +368,23 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     sessions = resumed.manifest["sessions"]
     assert sessions[-1]["chunks_computed"] == 24 - len(before)
     assert sessions[-1]["chunks_skipped"] == len(before)
+
+
+@pytest.mark.slow
+def test_bench_sweep_smoke():
+    """benchmarks/bench_sweep.py runs at toy sizes and its implementations agree (checked)."""
+    sys.path.insert(0, str(TESTS.parent))
+    try:
+        from benchmarks import bench_sweep
+    finally:
+        sys.path.remove(str(TESTS.parent))
+    sizes = {"inits": 3, "depth": 3, "width": 4, "matmul": 64, "eager_inits": 1, "repeats": 1}
+    records = bench_sweep.run(sizes=sizes)
+    assert {r["workload"] for r in records} == {
+        "sweep_matmul_rate",
+        "sweep_jacobian_spectrum_3init_d3_w4",
+    }
+    for r in records:
+        assert r["status"] == "ok" and r["median_s"] > 0, r
+        assert {"workload", "implementation", "median_s", "device"} <= set(r)
+    assert len(records) == 6

@@ -1,0 +1,271 @@
+"""Throughput of a Jacobian-spectrum sweep: ``gradflow.sweep`` vs a plain Python loop, same run.
+
+Workload ``sweep_jacobian_spectrum_{inits}init_d{depth}_w{width}``: for each of ``inits`` seeds,
+initialise a tanh MLP (N(0, 1/N) weights, the critical σ_w = 1, so the spectrum stays within
+float32 at depth 100), and take the singular values of the Jacobian ∂h_depth/∂h_1 through all its
+hidden layers. Implementations:
+
+- ``gradflow.sweep, jacrev measurement``: the per-configuration function below (``jax.jacrev`` of
+  the hidden chain, then an SVD) as a :mod:`gradflow.sweep` over the seed axis — vmapped inside
+  one ``jit``, sharded over every device, chunked to the default memory budget;
+- ``python loop, jax.jit(jacrev) per config``: the *same* function, jitted once, called once per
+  seed in a Python loop (what a careful researcher writes by hand);
+- ``python loop, eager jax.jacrev``: the same without ``jit`` (what one writes first), timed on
+  the first ``eager_inits`` seeds only, its throughput in configurations/s;
+- ``gradflow.sweep, built-in jacobian_spectrum``: the library measurement, which computes every
+  backward product ∂h_depth/∂h_k (log-scale form) on top of the end-to-end spectrum — about twice
+  the flops, and the per-layer profile for free;
+- ``gradflow.sweep, jacrev measurement, with store``: as the first, writing the chunked store
+  (fresh directory per call) — the cost of resumability.
+
+Every implementation's log singular values are checked against the jitted loop's (σ_i >= 1e-3
+σ_1, atol 2e-3 in log σ) before it is timed. Each record carries ``configs_per_s``, the nominal
+flops of its algorithm, the GFLOP/s achieved and that as a percentage of this machine's float32
+matmul rate measured in the same run (workload ``sweep_matmul_rate``); the sweep records carry
+``speedup_vs_jit_loop`` (medians), ``speedup_vs_jit_loop_best`` (minima: on a shared machine the
+least disturbed run) and ``speedup_vs_eager_loop``.
+
+Sizes: ``quick`` 16 seeds × depth 40 × width 128 (matmul 1024²) so it fits ~2 minutes of a
+loaded 2-core CPU; full 64 seeds × depth 100 × width 256 (matmul 2048²), as in the issue.
+
+Run as ``python benchmarks/bench_sweep.py [--quick]``; prints the records as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import _common as C
+from gradflow import sweep as sw
+from gradflow.chain import final_state
+
+__all__ = ["run", "SIZES", "jacrev_spectrum"]
+
+SIZES = {
+    "full": {
+        "inits": 64,
+        "depth": 100,
+        "width": 256,
+        "matmul": 2048,
+        "eager_inits": 4,
+        "repeats": 3,
+    },
+    "quick": {
+        "inits": 16,
+        "depth": 40,
+        "width": 128,
+        "matmul": 1024,
+        "eager_inits": 2,
+        "repeats": 5,
+    },
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[bench_sweep] {msg}", file=sys.stderr, flush=True)
+
+
+def jacrev_spectrum(point):
+    """log σ_i of ∂h_depth/∂h_1 for one configuration, by ``jax.jacrev`` of the hidden chain.
+
+    The same parameters and input as gradflow's ``jacobian_spectrum`` measurement (same keys).
+
+    Returns:
+      Array ``(width,)``, descending.
+    """
+    kp, kx, _ = jax.random.split(jax.random.key(point["seed"]), 3)
+    model = sw.mlp_from_point(point)
+    x = jax.random.normal(kx, (int(point["width"]),), jnp.float32)
+    chain = model.chain(model.init(kp, x), x)
+    jac = jax.jacrev(lambda h: final_state(chain.replace(h0=h)))(chain.h0)
+    return jnp.log(jnp.linalg.svd(jac, compute_uv=False))
+
+
+def _check(ref, got, name, floor=1e-3, atol=2e-3):
+    """log σ_i for σ_i >= floor · σ_1 agree to atol. Smaller ones are float32 rounding noise of
+    whichever method forms the product (errors ~ eps · depth · σ_1)."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if ref.shape != got.shape:
+        raise C.CheckFailed(f"{name}: shape {got.shape} != reference {ref.shape}")
+    keep = ref >= ref[..., :1] + np.log(floor)
+    info = C.check_close(name, np.where(keep, ref, 0.0), np.where(keep, got, 0.0), atol=atol)
+    info["compared"] = f"log σ_i for σ_i >= {floor:g}·σ_1 ({int(keep.sum())} of {keep.size})"
+    return info
+
+
+def _matmul_rate(n: int, repeats: int, dev: str) -> dict:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    timing, _ = C.measure(lambda: mm(a, b), repeats=repeats)
+    flops = 2.0 * n**3
+    return C.record(
+        "sweep_matmul_rate",
+        "jax.numpy.matmul float32",
+        dev,
+        sizes={"n": n},
+        flops=flops,
+        gflops=flops / timing["median_s"] / 1e9,
+        **timing,
+    )
+
+
+def run(quick: bool = False, sizes: dict | None = None) -> list[dict]:
+    """Runs the workload; returns one record per implementation plus the matmul rate."""
+    sz = dict(sizes or SIZES["quick" if quick else "full"])
+    precision = C.configure_precision()
+    dev = C.jax_device()
+    inits, depth, width, repeats = sz["inits"], sz["depth"], sz["width"], sz["repeats"]
+    records = [_matmul_rate(sz["matmul"], repeats, dev)]
+    peak = records[0]["gflops"]
+    _log(f"matmul {sz['matmul']}²: {peak:.1f} GFLOP/s")
+
+    wl = f"sweep_jacobian_spectrum_{inits}init_d{depth}_w{width}"
+    steps = depth - 1
+    static = {"depth": [depth], "width": [width], "activation": ["tanh"], "init": ["gaussian"]}
+    # Nominal flops per configuration: reverse mode pushes n cotangents through K layers
+    # (2n³ each) plus one SVD (~8n³/3); the built-in measurement forms K Jacobians by forward
+    # mode (2n³ each) and K backward products (2n³ each) plus the same SVD.
+    svd = 8.0 * width**3 / 3.0
+    flops_jacrev = steps * 2.0 * width**3 + svd
+    flops_builtin = steps * 4.0 * width**3 + svd
+    extra = {
+        "sizes": dict(sz, chain_steps=steps),
+        "activation": "tanh",
+        "sigma_w": 1.0,
+        "devices": jax.device_count(),
+        "matmul_precision": precision,
+    }
+
+    def rec(impl, fields, n_configs, flops_per_config, **more):
+        configs_per_s = n_configs / fields["median_s"]
+        gflops = configs_per_s * flops_per_config / 1e9
+        r = C.record(
+            wl,
+            impl,
+            dev,
+            **extra,
+            **fields,
+            **more,
+            configs=n_configs,
+            configs_per_s=configs_per_s,
+            nominal_flops_per_config=flops_per_config,
+            gflops=gflops,
+            pct_of_matmul_rate=100.0 * gflops / peak,
+        )
+        records.append(r)
+        _log(
+            f"{impl}: {configs_per_s:.2f} configs/s, {gflops:.1f} GFLOP/s "
+            f"({r['pct_of_matmul_rate']:.0f}% of matmul)"
+        )
+        return r
+
+    # Reference: the jitted per-config function in a Python loop.
+    one = jax.jit(
+        lambda seed: jacrev_spectrum({**{k: v[0] for k, v in static.items()}, "seed": seed})
+    )
+
+    def jit_loop():
+        return jnp.stack([one(s) for s in range(inits)])
+
+    fields, ref = C.measure(jit_loop, repeats=repeats)
+    ref = np.asarray(ref)
+    r_jit = rec("python loop, jax.jit(jacrev) per config", fields, inits, flops_jacrev)
+
+    # The eager loop, on a few seeds (it is slow; its throughput is per configuration).
+    n_eager = min(inits, sz["eager_inits"])
+    point0 = {k: v[0] for k, v in static.items()}
+
+    def eager_loop():
+        return jnp.stack([jacrev_spectrum({**point0, "seed": s}) for s in range(n_eager)])
+
+    fields, _ = C.measure(
+        eager_loop, repeats=1, check=lambda r: _check(ref[:n_eager], r, "eager loop")
+    )
+    r_eager = rec("python loop, eager jax.jacrev", fields, n_eager, flops_jacrev)
+
+    axes = {**static, "seed": list(range(inits))}
+    sweeps = {
+        "gradflow.sweep, jacrev measurement": (
+            sw.Sweep.create(axes, jacrev_spectrum),
+            flops_jacrev,
+            "value",
+        ),
+        "gradflow.sweep, built-in jacobian_spectrum": (
+            sw.Sweep.create(axes, "jacobian_spectrum"),
+            flops_builtin,
+            "log_singular_values",
+        ),
+    }
+    for impl, (s, flops, key) in sweeps.items():
+
+        def go(s=s, key=key):
+            return sw.run(s, quiet=True)[key].values.reshape(inits, width)
+
+        try:
+            fields, _ = C.measure(go, repeats=repeats, check=lambda r, i=impl: _check(ref, r, i))
+        except Exception as exc:  # a failed check is a result to report, not to hide
+            records.append(C.failed_record(wl, impl, dev, exc, **extra))
+            _log(f"{impl}: {type(exc).__name__}: {exc}")
+            continue
+        layout = sw.run(s, quiet=True).manifest["shapes"]["0"]  # what the memory budget chose
+        rec(
+            impl,
+            fields,
+            inits,
+            flops,
+            speedup_vs_jit_loop=r_jit["median_s"] / fields["median_s"],
+            speedup_vs_jit_loop_best=r_jit["min_s"] / fields["min_s"],
+            speedup_vs_eager_loop=(inits / fields["median_s"]) / r_eager["configs_per_s"],
+            chunk_layout={k: layout[k] for k in ("batch_size", "chunk_size", "n_chunks")},
+        )
+
+    # The same sweep writing its resumable store (a fresh directory per call).
+    s = sweeps["gradflow.sweep, jacrev measurement"][0]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+    calls = iter(range(10**6))
+
+    def stored():
+        out = tmp / f"run{next(calls)}"
+        return sw.run(s, out, quiet=True)["value"].values.reshape(inits, width)
+
+    try:
+        fields, _ = C.measure(stored, repeats=repeats, check=lambda r: _check(ref, r, "stored"))
+        manifest = json.loads((tmp / "run0" / sw.MANIFEST).read_text())
+        layout = manifest["shapes"]["0"]
+        rec(
+            "gradflow.sweep, jacrev measurement, with store",
+            fields,
+            inits,
+            flops_jacrev,
+            speedup_vs_jit_loop=r_jit["median_s"] / fields["median_s"],
+            chunk_layout={k: layout[k] for k in ("batch_size", "chunk_size", "n_chunks")},
+            store_bytes=sum(f.stat().st_size for f in (tmp / "run0").rglob("*") if f.is_file()),
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return records
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sizes (see SIZES)")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(quick=args.quick), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
