@@ -8,8 +8,10 @@ registry name or a callable; :func:`get` turns both into an :class:`Activation`.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +74,9 @@ def _silu_deriv(x):
 # sup|φ'| for GELU and SiLU has no elementary closed form. GELU: φ'' = φ_N(x)(2 - x²) vanishes at
 # x = √2, so γ = Φ(√2) + √2 φ_N(√2). SiLU: the maximiser x* ≈ 2.39936 solves φ''(x) = 0; the value
 # 1.0998393 was found by a 2·10⁶-point grid and is checked in tests/test_activations.py.
-_GELU_GAMMA = 0.5 * (1.0 + math.erf(1.0)) + math.sqrt(2.0) * math.exp(-1.0) / math.sqrt(2.0 * math.pi)
+_GELU_GAMMA = 0.5 * (1.0 + math.erf(1.0)) + math.sqrt(2.0) * math.exp(-1.0) / math.sqrt(
+    2.0 * math.pi
+)
 _SILU_GAMMA = 1.0998393201
 
 _REGISTRY: dict[str, Activation] = {
@@ -113,16 +117,25 @@ def _from_callable(fn: Callable[[jax.Array], jax.Array]) -> Activation:
     """Wraps a user callable: φ' by autodiff, γ estimated on a grid (documented as an estimate)."""
     deriv = jnp.vectorize(jax.grad(lambda x: fn(x)))
     try:
-        grid = np.linspace(-20.0, 20.0, 40001, dtype=np.float32)
-        gamma = float(np.nanmax(np.abs(np.asarray(deriv(jnp.asarray(grid))))))
-        at0 = float(fn(jnp.float32(0.0)))
-        d0 = float(deriv(jnp.float32(0.0)))
+        # Models resolve their activation when traced (e.g. inside jax.jit(model.apply)); without
+        # this context the grid evaluation would be staged into that trace and float() would fail.
+        with jax.ensure_compile_time_eval():
+            grid = np.linspace(-20.0, 20.0, 40001, dtype=np.float32)
+            gamma = float(np.nanmax(np.abs(np.asarray(deriv(jnp.asarray(grid))))))
+            at0 = float(fn(jnp.float32(0.0)))
+            d0 = float(deriv(jnp.float32(0.0)))
     except Exception as exc:  # pragma: no cover - message path
         raise TypeError(
             f"activation callable {fn!r} must map a float array elementwise to a float array; "
             f"evaluating it failed with {type(exc).__name__}: {exc}"
         ) from exc
     return Activation("custom", fn, deriv, gamma, at0, d0)
+
+
+# One Activation per callable: the models resolve their activation on every call, and a fresh
+# Activation (new φ' closure) would compare unequal, so every jitted analysis taking the chain
+# (whose step is static) would retrace, besides re-evaluating the γ grid each time.
+_from_callable_cached = functools.lru_cache(maxsize=256)(_from_callable)
 
 
 def get(activation: ActivationLike) -> Activation:
@@ -151,7 +164,11 @@ def get(activation: ActivationLike) -> Activation:
                 "or a callable"
             ) from None
     if callable(activation):
-        return _from_callable(activation)
+        try:
+            hash(activation)
+        except TypeError:  # an unhashable callable object: wrap it afresh each time
+            return _from_callable(activation)
+        return _from_callable_cached(activation)
     raise TypeError(
         f"activation must be a name ({', '.join(names())}) or a callable, "
         f"got {type(activation).__name__}"

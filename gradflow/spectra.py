@@ -63,15 +63,22 @@ def spectral_radius(a) -> jax.Array:
 def condition_number(a) -> jax.Array:
     """κ(A) = σ_max/σ_min (``inf`` for a singular matrix).
 
+    A matrix counts as singular when σ_min <= σ_max · max(m, n) · eps, NumPy's ``matrix_rank``
+    tolerance: below it the computed σ_min is rounding noise (an exactly singular float32 matrix
+    such as [[1, 2], [2, 4]] gives σ_min ~ 1e-8, not 0), so any finite κ would be meaningless.
+
     Args:
       a: array ``(..., m, n)``.
 
     Returns:
       Array ``(...)``.
     """
+    a = _as_matrices("a", a)
     s = singular_values(a)
     smax, smin = s[..., 0], s[..., -1]
-    return jnp.where(smin > 0, smax / jnp.where(smin > 0, smin, 1.0), jnp.inf)
+    tol = smax * max(a.shape[-2:]) * jnp.finfo(s.dtype).eps
+    singular = smin <= tol
+    return jnp.where(singular, jnp.inf, smax / jnp.where(singular, 1.0, smin))
 
 
 # ---------------------------------------------------------------------------------------------
