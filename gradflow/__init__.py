@@ -3,6 +3,7 @@
 from gradflow import activations
 from gradflow import chain
 from gradflow import dynamics
+from gradflow import gradient_free
 from gradflow import gradients
 from gradflow import init
 from gradflow import jacobians
@@ -11,7 +12,9 @@ from gradflow import meanfield
 from gradflow import models
 from gradflow import spectra
 from gradflow import sweep
+from gradflow import tasks
 from gradflow import theory
+from gradflow import train
 from gradflow.chain import Chain
 
 __version__ = "0.1.0"
@@ -21,6 +24,7 @@ __all__ = [
     "activations",
     "chain",
     "dynamics",
+    "gradient_free",
     "gradients",
     "init",
     "jacobians",
@@ -29,5 +33,7 @@ __all__ = [
     "models",
     "spectra",
     "sweep",
+    "tasks",
     "theory",
+    "train",
 ]

@@ -1,0 +1,163 @@
+"""gradflow.tasks: long-term-dependency tasks (hand-built targets) and the image datasets."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradflow import tasks
+
+
+def _onehot(symbols, n):
+    return jax.nn.one_hot(jnp.asarray(symbols), n)
+
+
+# --- hand-built sequences ---------------------------------------------------------------------
+
+
+def test_adding_target_hand_built():
+    values = [[0.3, 0.9, 0.1, 0.5, 0.7], [0.2, 0.4, 0.6, 0.8, 1.0]]
+    markers = [[1, 0, 0, 1, 0], [0, 1, 0, 0, 1]]
+    u = jnp.stack([jnp.array(values), jnp.array(markers, jnp.float32)], axis=-1)
+    np.testing.assert_allclose(tasks.adding_target(u), [[0.8], [1.4]], rtol=1e-6)  # float32 sums
+
+
+def test_temporal_order_target_hand_built():
+    a, b, c, d, X, Y = range(6)
+    seqs = [
+        [a, X, b, c, X, d],  # XX -> 0
+        [X, a, b, Y, c, d],  # XY -> 1
+        [b, Y, c, d, X, a],  # YX -> 2
+        [Y, Y, a, b, c, d],  # YY -> 3
+    ]
+    np.testing.assert_array_equal(tasks.temporal_order_target(_onehot(seqs, 6)), [0, 1, 2, 3])
+    # three relevant symbols (task 6b): YXY -> 0b101 = 5; padding (all-zero) steps are ignored
+    u = _onehot([[a, Y, b, X, c, Y]], 6)
+    u = jnp.concatenate([jnp.zeros((1, 3, 6)), u], axis=1)
+    np.testing.assert_array_equal(tasks.temporal_order_target(u), [5])
+
+
+def test_memorization_target_hand_built():
+    zero, one, blank, trigger = range(4)
+    seqs = [[one, zero, one, blank, blank, trigger], [zero, zero, one, blank, blank, trigger]]
+    np.testing.assert_array_equal(
+        tasks.memorization_target(_onehot(seqs, 4)), [[1, 0, 1], [0, 0, 1]]
+    )
+
+
+# --- generators agree with the definitions ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+@pytest.mark.parametrize("start", [0, 13])
+def test_generated_targets_follow_the_definition(key, name, start):
+    task = tasks.get(name)
+    u, y = task.generate(key, 64, 40, start=start)
+    assert u.shape == (64, 40, task.in_features)
+    np.testing.assert_array_equal(task.target(u), y)  # same float32 products, so exact
+    # padding steps are all zero, task steps are not
+    assert np.all(np.asarray(u[:, :start]) == 0)
+    if task.kind != "regression":
+        assert np.all(np.asarray(u[:, start:]).sum(-1) == 1)
+
+
+def test_adding_markers_one_per_half(key):
+    u, _ = tasks.adding(key, 500, 30, start=10)
+    marks = np.asarray(u[..., 1])
+    assert np.all(marks.sum(1) == 2)
+    # effective sequence is steps 10…29: first marker in 10…19, second in 20…29
+    assert np.all(marks[:, 10:20].sum(1) == 1) and np.all(marks[:, 20:].sum(1) == 1)
+    values = np.asarray(u[..., 0])
+    assert values.min() >= 0 and values.max() < 1
+
+
+def test_temporal_order_windows_and_balance(key):
+    T = 100
+    u, y = tasks.temporal_order(key, 2000, T)
+    sym = np.asarray(jnp.argmax(u, -1))
+    rel = np.argwhere(sym >= 4)
+    first = rel[::2, 1]
+    second = rel[1::2, 1]
+    # Hochreiter & Schmidhuber's windows at T = 100: t1 in [10, 20), t2 in [50, 60)
+    assert first.min() >= 10 and first.max() < 20
+    assert second.min() >= 50 and second.max() < 60
+    # four classes, each about a quarter (binomial sd of a count ~ 19 at n = 2000)
+    counts = np.bincount(np.asarray(y), minlength=4)
+    assert np.all(np.abs(counts - 500) < 100)
+
+
+def test_traced_start_matches_static(key):
+    """Under jit (start traced) the generators produce the sequences of a static start."""
+    for name in ("adding", "temporal_order", "memorization"):
+        task = tasks.get(name)
+        static = task.generate(key, 8, 25, start=5)
+        traced = jax.jit(lambda s, task=task: task.generate(key, 8, 25, start=s))(5)
+        for a, b in zip(static, traced):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_same_key_same_data(key):
+    a = tasks.temporal_order(key, 4, 20)
+    b = tasks.temporal_order(key, 4, 20)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_losses_and_errors():
+    out = jnp.array([[0.0, 5.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+    y = jnp.array([1, 2])
+    assert float(tasks.task_error("classification", out, y)) == 0.5
+    bits_out = jnp.array([[3.0, -3.0, 3.0]])
+    assert float(tasks.task_error("bits", bits_out, jnp.array([[1, 0, 1]]))) == 0.0
+    assert float(tasks.task_error("bits", bits_out, jnp.array([[1, 1, 1]]))) == 1.0
+    # sigmoid cross-entropy of logit 0 is log 2 (float32: 1e-6 relative)
+    np.testing.assert_allclose(
+        tasks.task_loss("bits", jnp.zeros((1, 3)), jnp.ones((1, 3))), np.log(2), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="kind"):
+        tasks.task_loss("ranking", out, y)
+
+
+def test_argument_errors(key):
+    with pytest.raises(ValueError, match="length"):
+        tasks.adding(key, 4, 1)
+    with pytest.raises(ValueError, match="start"):
+        tasks.temporal_order(key, 4, 20, start=15)
+    with pytest.raises(ValueError, match="n_relevant"):
+        tasks.temporal_order(key, 4, 20, n_relevant=4)
+    with pytest.raises(TypeError, match="batch"):
+        tasks.memorization(key, 2.5, 10)
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.get("parity")
+
+
+# --- image data -------------------------------------------------------------------------------
+
+
+def test_digits_ships_with_scikit_learn():
+    pytest.importorskip("sklearn")
+    d = tasks.digits()
+    assert d.name == "digits" and d.n_classes == 10
+    assert d.x_train.shape[1] == 64 and d.x_train.shape[0] + d.x_test.shape[0] == 1797
+    assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+    # standardised on the training set: mean 0, sd 1 on non-constant pixels (float32 rounding)
+    np.testing.assert_allclose(d.x_train.mean(0), 0, atol=1e-5)
+    sd = d.x_train.std(0)
+    np.testing.assert_allclose(sd[sd > 0], 1, rtol=1e-4)
+
+
+def test_synthetic_images_shape_and_determinism():
+    a = tasks.synthetic_images(seed=3)
+    b = tasks.synthetic_images(seed=3)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert a.name == "synthetic_digits" and a.x_train.shape[1] == 64
+    assert set(np.unique(a.y_train)) == set(range(10))
+
+
+def test_image_classification_falls_back_without_scikit_learn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn…` raise ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match="gradflow\\[data\\]"):
+        tasks.digits()
+    assert tasks.image_classification().name == "synthetic_digits"
