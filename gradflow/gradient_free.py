@@ -132,7 +132,7 @@ def evolution_strategy(
         theta, opt_state, k = state
         k, sub = jax.random.split(k)
         eps = jax.random.normal(sub, (population, flat.shape[0]), flat.dtype)
-        cand = jnp.concatenate([theta + sigma * eps, theta - sigma * eps])
+        cand = jnp.concatenate([theta[None] + sigma * eps, theta[None] - sigma * eps])
         losses = jax.vmap(lambda th: loss_fn(unravel(th), batch))(cand)
         # Non-finite losses rank worst instead of poisoning the estimate.
         losses = jnp.where(jnp.isfinite(losses), losses, jnp.finfo(losses.dtype).max)
@@ -179,7 +179,7 @@ def random_search(
         theta, k = state
         k, sub = jax.random.split(k)
         eps = jax.random.normal(sub, (population, flat.shape[0]), flat.dtype)
-        cand = jnp.concatenate([theta[None], theta + sigma * eps])
+        cand = jnp.concatenate([theta[None], theta[None] + sigma * eps])
         losses = jax.vmap(lambda th: loss_fn(unravel(th), batch))(cand)
         losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
         best = jnp.argmin(losses)

@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "vanishing": "gradflow.experiments.vanishing",
     "pascanu2013": "gradflow.experiments.pascanu2013",
     "init_study": "gradflow.experiments.init_study",
+    "mitigations": "gradflow.experiments.mitigations",
 }
 
 

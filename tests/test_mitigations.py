@@ -1,0 +1,182 @@
+"""The mitigation study (tiny configuration by default, the quick mode under -m slow) and the
+gradient-free baselines it uses."""
+
+import csv
+import io
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradflow import experiments, gradient_free
+from gradflow.experiments import mitigations as M
+
+TINY = M.Config(
+    depth=3,
+    width=8,
+    batch=16,
+    steps=8,
+    seeds=1,
+    monitor_every=4,
+    mlp_variants=("ReLU, He",),
+    baselines=False,
+    rnn_width=6,
+    rnn_batch=8,
+    rnn_steps=4,
+    rnn_seeds=1,
+    lengths=(10, 12),
+    rnn_tasks=("temporal_order",),
+    rnn_models=("GRU",),
+    n_test=16,
+)
+
+
+def _check_outputs(out, summary, cfg):
+    d = out / "mitigations"
+    for name in (
+        "table.md",
+        "mlp.csv",
+        "rnn.csv",
+        "summary.json",
+        "curves.npz",
+        "mlp_accuracy.png",
+        "mlp_learning_curves.png",
+        "mlp_grad_ratio.png",
+        "rnn_success.png",
+        "rnn_state_grads.png",
+    ):
+        assert (d / name).stat().st_size > 0, name
+    assert json.loads((d / "summary.json").read_text())["dataset"] == summary["dataset"]
+    assert summary["dataset"] in ("digits", "synthetic_digits")
+    rows = list(csv.DictReader(io.StringIO((d / "rnn.csv").read_text())))
+    want = len(cfg.rnn_tasks) * len(cfg.rnn_models) * len(M.RNN_VARIANTS) * len(cfg.lengths)
+    assert len(rows) == want
+    for r in summary["rnn"]:
+        assert 0 <= r["success_rate"] <= 1
+    for r in summary["mlp"]:
+        assert 0 <= r["final_accuracy_mean"] <= 1
+    assert "| method |" in (d / "table.md").read_text()
+
+
+def test_tiny_study_runs(tmp_path):
+    summary = M.run(tmp_path, config=TINY)
+    assert summary["mode"] == "custom"
+    _check_outputs(tmp_path, summary, TINY)
+    # with and without clipping for the one MLP variant
+    assert [r["clipping"] for r in summary["mlp"]] == [False, True]
+
+
+@pytest.mark.slow
+def test_quick_study_runs(tmp_path):
+    summary = M.run(tmp_path, full=False)
+    assert summary["mode"] == "quick"
+    _check_outputs(tmp_path, summary, M.QUICK)
+    methods = {r["method"] for r in summary["mlp"]}
+    assert len(methods) == 10
+    assert any("Rprop" in r["optimizer"] for r in summary["mlp"])
+    assert any("evolution" in r["optimizer"] for r in summary["mlp"])
+
+
+def test_registered():
+    assert experiments.get("mitigations") is M
+    assert M.FULL.depth >= 20 and M.QUICK.depth >= 20
+    assert max(M.FULL.lengths) == 200 and min(M.FULL.lengths) == 20
+
+
+def test_tables_from_records():
+    """Aggregation over seeds and the Markdown/CSV layout, on hand-made records."""
+    rec = dict(
+        method="tanh, Glorot",
+        optimizer="SGD",
+        clipping=True,
+        log10_first_over_last_start=-1.0,
+        log10_first_over_last_end=0.5,
+        diverged=False,
+        divergence_step=-1,
+    )
+    records = [
+        rec | dict(seed=0, final_accuracy=0.9, steps_to_target=40.0),
+        rec | dict(seed=1, final_accuracy=0.7, steps_to_target=math.nan),
+    ]
+    (row,) = M.mlp_table(records, M.QUICK)
+    assert row["reached_target"] == 1 and row["median_steps_to_target"] == 40.0
+    np.testing.assert_allclose(row["final_accuracy_mean"], 0.8)  # (0.9 + 0.7) / 2 in float64
+    md = M.mlp_markdown([row], M.QUICK, "digits")
+    assert "| tanh, Glorot | SGD | yes | 0.800 [0.700, 0.900] | 1/2 | 40 |" in md
+    rnn = [
+        dict(
+            task="adding",
+            model="LSTM",
+            variant="SGD-C",
+            length=T,
+            seed=s,
+            test_error=e,
+            diverged=False,
+            success=e < 0.01,
+        )
+        for T, s, e in [(20, 0, 0.001), (20, 1, 0.5), (40, 0, 0.2), (40, 1, 0.3)]
+    ]
+    rows = M.rnn_table(rnn)
+    assert [r["success_rate"] for r in rows] == [0.5, 0.0]
+    # median test error of (0.001, 0.5) is 0.2505, printed to 3 significant figures
+    assert "| adding | LSTM | SGD-C | 0.50 [0.251] | 0.00 [0.25] |" in M.rnn_markdown(rows, M.QUICK)
+
+
+# --- gradient-free baselines ----------------------------------------------------------------
+
+
+def _quadratic(dim=5):
+    target = jnp.linspace(-1.0, 1.0, dim)
+    return {"w": jnp.zeros(dim)}, lambda p, b: jnp.sum((p["w"] - target) ** 2), target
+
+
+def test_evolution_strategy_minimises_a_quadratic(key):
+    params, loss, target = _quadratic()
+    res = gradient_free.evolution_strategy(
+        loss,
+        params,
+        jnp.zeros((200,)),
+        key=key,
+        population=8,
+        sigma=0.1,
+        learning_rate=0.05,
+        eval_fn=lambda p: loss(p, None),
+        monitor_every=50,
+    )
+    assert res.loss.shape == (200,) and res.metrics.shape == (4,)
+    # from loss 2.5 (‖target‖²) to < 1 % of it: Adam steps of 0.05 over 200 steps cover the
+    # distance ≤ 1 per coordinate with room to settle; the ES estimate is noisy, not biased.
+    assert float(res.final_metrics) < 0.01 * float(jnp.sum(target**2))
+    assert res.evaluations_per_step == 17
+
+
+def test_evolution_strategy_needs_no_gradient(key):
+    """A piecewise-constant loss (zero gradient almost everywhere) is still minimised."""
+    params = {"w": jnp.zeros(4)}
+    loss = lambda p, b: jnp.sum(p["w"] < 1.0).astype(jnp.float32)
+    assert float(jnp.abs(jax.grad(lambda p: loss(p, None) + 0.0)(params)["w"]).sum()) == 0
+    res = gradient_free.evolution_strategy(
+        loss, params, jnp.zeros((150,)), key=key, population=8, sigma=1.0, learning_rate=0.05
+    )
+    assert float(loss(res.params, None)) == 0.0
+
+
+def test_random_search_never_gets_worse_on_a_fixed_batch(key):
+    params, loss, _ = _quadratic()
+    res = gradient_free.random_search(loss, params, jnp.zeros((60,)), key=key, sigma=0.1)
+    assert np.all(np.diff(np.asarray(res.loss)) <= 0)  # it keeps θ when no candidate is better
+    assert float(res.loss[-1]) < float(loss(params, None))
+
+
+def test_searches_vmap_over_keys(key):
+    params, loss, _ = _quadratic()
+    keys = jax.random.split(key, 3)
+    run = lambda k: gradient_free.random_search(loss, params, jnp.zeros((10,)), key=k).loss
+    batched = jax.vmap(run)(keys)
+    # vmap vs separate runs of the same float32 program: equal to rounding (~1e-6 relative).
+    np.testing.assert_allclose(batched[1], run(keys[1]), rtol=1e-5)
+    with pytest.raises(ValueError, match="sigma"):
+        gradient_free.evolution_strategy(loss, params, jnp.zeros((2,)), key=key, sigma=0.0)
