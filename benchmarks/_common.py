@@ -1,0 +1,237 @@
+"""Timing and bookkeeping shared by the benchmark modules.
+
+Every timed implementation goes through :func:`measure`: one untimed first call (compilation,
+allocation, thread-pool start-up; its time is recorded as ``first_call_s``), a correctness check
+of that call's result against the reference, and only then ``repeats`` timed calls, each ended by
+:func:`block` so asynchronous dispatch (JAX, CUDA) cannot hide work. The median is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MATMUL_PRECISION",
+    "CheckFailed",
+    "configure_precision",
+    "jax_device",
+    "torch_device",
+    "torch_or_none",
+    "block",
+    "measure",
+    "record",
+    "failed_record",
+    "skipped_record",
+    "check_close",
+    "peak_rss_reset",
+    "peak_rss_bytes",
+]
+
+# Full float32 matmuls everywhere: on GPUs/TPUs JAX's and torch's defaults use TF32/bfloat16
+# passes (~1e-3 relative error), which would make the correctness checks and the peers disagree.
+MATMUL_PRECISION = "highest"
+
+
+class CheckFailed(AssertionError):
+    """An implementation's result differs from the reference beyond the stated tolerance."""
+
+
+def torch_or_none():
+    """The torch module, or None if it is not installed (``pip install -e .[bench]``)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def configure_precision() -> dict:
+    """Sets float32 matmul precision explicitly in JAX and torch; returns what was set."""
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION)
+    out = {"jax_default_matmul_precision": MATMUL_PRECISION}
+    torch = torch_or_none()
+    if torch is not None:
+        torch.set_float32_matmul_precision(MATMUL_PRECISION)
+        out["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_string() -> str:
+    return f"cpu ({_cpu_name()}, {os.cpu_count()} cores)"
+
+
+def jax_device() -> str:
+    """The device JAX computes on by default (GPU/TPU when present), in words."""
+    import jax
+
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return _cpu_string()
+    return f"{d.platform} ({getattr(d, 'device_kind', d.platform)}, {jax.device_count()} devices)"
+
+
+def torch_device():
+    """(torch.device, description): CUDA when available, else CPU."""
+    torch = torch_or_none()
+    if torch.cuda.is_available():
+        return torch.device("cuda"), f"cuda ({torch.cuda.get_device_name(0)})"
+    return torch.device("cpu"), f"{_cpu_string()[:-1]}, torch threads {torch.get_num_threads()})"
+
+
+def block(x) -> None:
+    """Waits until ``x`` (a pytree of JAX arrays or torch tensors) is computed."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(x)
+    torch = torch_or_none()
+    for leaf in leaves:
+        if torch is not None and isinstance(leaf, torch.Tensor):
+            if leaf.is_cuda:
+                torch.cuda.synchronize(leaf.device)
+        elif hasattr(leaf, "block_until_ready"):
+            leaf.block_until_ready()
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    repeats: int,
+    check: Callable[[Any], dict] | None = None,
+    budget_s: float | None = None,
+) -> tuple[dict, Any]:
+    """Times ``fn()``: an untimed checked first call, then the median of ``repeats`` calls.
+
+    Args:
+      fn: the call to time (arguments already bound).
+      repeats: number of timed calls (>= 1).
+      check: ``check(result) -> dict`` raising :class:`CheckFailed` on a wrong result; its dict
+        (errors and tolerances) goes into the record. Called on the first call's result, before
+        any timing, so a wrong answer never gets a time.
+      budget_s: if given, stop repeating once the timed calls have used this many seconds
+        (at least one timed call; quick mode uses it to bound slow peers).
+
+    Returns:
+      ``(timing fields, first result)``.
+    """
+    t0 = time.perf_counter()
+    result = fn()
+    block(result)
+    first = time.perf_counter() - t0
+    info = check(result) if check is not None else {}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - t0)
+        if budget_s is not None and sum(times) + times[-1] > budget_s:
+            break
+    fields = {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "times_s": times,
+        "repeats": len(times),
+        "first_call_s": first,
+        "check": {"passed": True, **info},
+    }
+    return fields, result
+
+
+def record(workload: str, implementation: str, device: str, **fields) -> dict:
+    """One result record (DESIGN.md): workload, implementation, median_s, device, extras."""
+    out = {"workload": workload, "implementation": implementation, "device": device}
+    out.update(fields)
+    out.setdefault("status", "ok")
+    return out
+
+
+def failed_record(workload: str, implementation: str, device: str, error: BaseException, **f):
+    """A record with no time: the implementation failed its check or raised."""
+    kind = "check_failed" if isinstance(error, CheckFailed) else "error"
+    msg = f"{type(error).__name__}: {error}"[:2000]
+    return record(workload, implementation, device, median_s=None, status=kind, reason=msg, **f)
+
+
+def skipped_record(workload: str, implementation: str, device: str, reason: str, **f):
+    """A record with no time: the implementation could not run here (the reason says why)."""
+    return record(
+        workload, implementation, device, median_s=None, status="skipped", reason=reason, **f
+    )
+
+
+def check_close(name: str, expected, got, *, rtol: float = 0.0, atol: float = 0.0) -> dict:
+    """Raises :class:`CheckFailed` unless ``|got − expected| <= atol + rtol·|expected|``.
+
+    Returns:
+      ``{"max_abs_err", "max_rel_err", "rtol", "atol"}`` for the record.
+    """
+    expected = np.asarray(expected, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    if expected.shape != got.shape:
+        raise CheckFailed(f"{name}: shape {got.shape} != reference shape {expected.shape}")
+    both_inf = np.isinf(expected) & (expected == got)
+    with np.errstate(invalid="ignore"):  # inf − inf where both agree; masked just below
+        err = np.where(both_inf, 0.0, np.abs(got - expected))
+    if not np.all(np.isfinite(err)):
+        raise CheckFailed(f"{name}: non-finite values where the reference has finite ones")
+    bound = atol + rtol * np.abs(np.where(both_inf, 0.0, expected))
+    rel = err / np.maximum(np.abs(np.where(both_inf, 1.0, expected)), np.finfo(np.float64).tiny)
+    info = {
+        "max_abs_err": float(err.max(initial=0.0)),
+        "max_rel_err": float(rel.max(initial=0.0)),
+        "rtol": rtol,
+        "atol": atol,
+    }
+    if np.any(err > bound):
+        worst = np.unravel_index(np.argmax(err - bound), err.shape)
+        raise CheckFailed(
+            f"{name}: max |error| {info['max_abs_err']:.3g} exceeds atol {atol:g} + rtol {rtol:g}"
+            f"·|ref| (worst at index {tuple(int(i) for i in worst)}: got {got[worst]!r}, "
+            f"reference {expected[worst]!r})"
+        )
+    return info
+
+
+def peak_rss_reset() -> int | None:
+    """Resets the kernel's peak-RSS counter (Linux); returns the current RSS in bytes or None."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory (bytes) since the last :func:`peak_rss_reset`, or None."""
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

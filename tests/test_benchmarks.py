@@ -1,0 +1,178 @@
+"""The benchmark entry point: a tiny end-to-end run, module discovery, and the rule that a peer's
+time is reported only after its result matched gradflow's."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import __main__ as entry
+from benchmarks import _common as C
+from benchmarks import bench_core, peers_nt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_run_of_the_entry_point(tmp_path):
+    # A subprocess: the entry point sets JAX's global matmul precision, which must not leak into
+    # the rest of the test session.
+    out = tmp_path / "bench"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "benchmarks", "--tiny", "--only", "core", "--skip-nt"]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    records = json.loads((out / "results.json").read_text())
+    for r in records:
+        assert {"workload", "implementation", "median_s", "device", "status"} <= set(r)
+        if r["status"] == "ok":
+            assert r["median_s"] > 0 and r["check"]["passed"]
+        else:  # only peers that cannot run here, with the reason
+            assert r["median_s"] is None and r["reason"]
+    workloads = {r["workload"] for r in records}
+    for prefix in ("matmul_rate", "a_mlp", "b_mlp", "c_rnn", "d_meanfield", "e_matfree_topk_n"):
+        assert any(w.startswith(prefix) for w in workloads), prefix
+    gradflow = [r for r in records if r["implementation"].startswith("gradflow")]
+    assert gradflow and all(r["status"] == "ok" for r in gradflow)
+    for r in records:  # every torch peer either passed its check or says torch is missing
+        if r["implementation"].startswith("torch"):
+            assert r["status"] == "ok" or "torch not installed" in r["reason"]
+    nt = [r for r in records if r["implementation"].startswith("neural-tangents")]
+    assert nt and nt[0]["status"] == "skipped" and "--skip-nt" in nt[0]["reason"]
+    md = (out / "results.md").read_text()
+    assert "## a_mlp_partial_product_spectra" in md and "vs gradflow" in md
+    env_info = json.loads((out / "environment.json").read_text())
+    assert env_info["precision"]["jax_default_matmul_precision"] == "highest"
+
+
+def test_wrong_answer_is_never_timed():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return np.array([1.0, 2.0])
+
+    def check(result):
+        return C.check_close("x", [1.0, 2.5], result, rtol=1e-3)
+
+    with pytest.raises(C.CheckFailed, match="exceeds"):
+        C.measure(fn, repeats=5, check=check)
+    assert len(calls) == 1  # the first (untimed) call only
+
+    records = []
+    out = bench_core._run_impl(
+        records, "w", "peer", "cpu", fn, repeats=3, check=check, extra={"sizes": {}}
+    )
+    assert out is None
+    (rec,) = records
+    assert rec["status"] == "check_failed" and rec["median_s"] is None
+    assert "exceeds" in rec["reason"]
+    md = entry.markdown(records, _env())
+    assert "check_failed" in md and "| — |" in md
+
+
+def test_measure_times_after_a_passing_check_and_respects_budget():
+    fields, result = C.measure(lambda: np.ones(3), repeats=4, check=lambda r: {"ok": 1})
+    assert fields["repeats"] == 4 and fields["median_s"] >= 0 and fields["check"]["passed"]
+    fields, _ = C.measure(lambda: np.ones(3), repeats=50, budget_s=0.0)
+    assert fields["repeats"] == 1
+
+
+def test_check_close():
+    info = C.check_close("a", [1.0, -np.inf], [1.0 + 1e-7, -np.inf], rtol=1e-6)
+    assert info["max_abs_err"] < 1e-6
+    with pytest.raises(C.CheckFailed, match="shape"):
+        C.check_close("a", [1.0], [1.0, 2.0])
+    with pytest.raises(C.CheckFailed, match="non-finite"):
+        C.check_close("a", [1.0], [np.nan], atol=1.0)
+
+
+def test_log_spectra_check_ignores_only_rounding_level_singular_values():
+    ref = np.log(np.array([[1.0, 0.5, 1e-6]]))
+    noisy_tail = np.log(np.array([[1.0, 0.5, 3e-6]]))  # below 1e-3 σ_1: rounding noise
+    bench_core._check_log_spectra("s", ref, noisy_tail)
+    wrong = np.log(np.array([[1.0, 0.51, 1e-6]]))
+    with pytest.raises(C.CheckFailed):
+        bench_core._check_log_spectra("s", ref, wrong)
+
+
+def test_discovery_records_broken_modules(tmp_path):
+    (tmp_path / "bench_good.py").write_text(
+        textwrap.dedent(
+            """
+            def run(quick=False):
+                return [{"workload": "w", "implementation": "gradflow x", "median_s": 0.5}]
+            """
+        )
+    )
+    (tmp_path / "bench_broken.py").write_text("import a_module_that_does_not_exist\n")
+    (tmp_path / "bench_raises.py").write_text(
+        "def run(quick=False):\n    raise RuntimeError('boom')\n"
+    )
+    (tmp_path / "helper.py").write_text("raise SystemExit('not a bench module')\n")
+    assert entry.discover(tmp_path) == ["bench_broken", "bench_good", "bench_raises"]
+    records = entry.run_modules(True, directory=tmp_path, log=lambda m: None)
+    by_module = {r["module"]: r for r in records}
+    assert by_module["bench_good"]["status"] == "ok" and by_module["bench_good"]["device"]
+    assert by_module["bench_broken"]["status"] == "skipped"
+    assert "ModuleNotFoundError" in by_module["bench_broken"]["reason"]
+    assert (
+        by_module["bench_raises"]["status"] == "error"
+        and "boom" in by_module["bench_raises"]["reason"]
+    )
+    assert entry.discover()[0] == "bench_core"
+
+
+def test_unavailable_neural_tangents_is_recorded_as_skipped(monkeypatch):
+    def unavailable(**kwargs):
+        raise peers_nt.PeerUnavailable("pip: no matching distribution (test)")
+
+    monkeypatch.setattr(peers_nt, "ensure_venv", unavailable)
+    monkeypatch.delenv("GRADFLOW_BENCH_SKIP_NT", raising=False)
+    records = bench_core.workload_d({"grid": 2, "depth": 2}, 1)
+    gf_rec, nt_rec = records
+    assert gf_rec["status"] == "ok" and gf_rec["median_s"] > 0
+    assert nt_rec["status"] == "skipped" and nt_rec["median_s"] is None
+    assert "no matching distribution" in nt_rec["reason"]
+
+
+def test_venv_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRADFLOW_NT_VENV", str(tmp_path / "v"))
+    assert peers_nt.venv_dir() == tmp_path / "v"
+    monkeypatch.delenv("GRADFLOW_NT_VENV")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert peers_nt.venv_dir().parent == tmp_path / "gradflow"
+    assert not str(peers_nt.venv_dir()).startswith(str(ROOT))  # nothing to git-ignore
+
+
+@pytest.mark.slow
+def test_neural_tangents_peer_matches_gradflow_meanfield():
+    # Creates (once, ~1 min) the neural-tangents environment and compares a small grid.
+    from gradflow import meanfield
+
+    sw2, sb2 = np.array([0.5, 1.0, 3.0]), np.array([0.05, 0.3])
+    try:
+        out = peers_nt.meanfield_grid("erf", sw2, sb2, depth=10, q0=1.0, repeats=1)
+    except peers_nt.PeerUnavailable as exc:  # e.g. no package index reachable
+        pytest.skip(str(exc))
+    s, b = np.meshgrid(sw2, sb2, indexing="ij")
+    q = np.asarray(meanfield.q_layers("erf", s, b, 1.0, 10)[-1])
+    np.testing.assert_allclose(out["q"], q, rtol=1e-4)
+    np.testing.assert_allclose(out["chi1"], meanfield.chi1("erf", s, b, q=q), rtol=1e-4)
+
+
+def _env():
+    return {
+        "command": "test",
+        "jax_device": "cpu",
+        "loadavg_before": [0, 0, 0],
+        "loadavg_after": [0, 0, 0],
+        "versions": {},
+        "wall_s": 0.0,
+    }
