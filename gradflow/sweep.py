@@ -26,6 +26,13 @@ results. ``memory_budget`` picks ``batch_size`` from a compiled memory estimate 
 what the grid needs on the available devices, so pass ``batch_size`` explicitly when bitwise
 equality across machines with different device counts matters.
 
+Testing sharding on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` gives 8 CPU
+devices, which is how the tests check that 1 and 8 devices agree. It is for testing only: on a
+2-core machine, XLA's CPU SVD ran about 10× slower in such a process (measured: 128 SVDs of
+128 × 128 took 8–20 s instead of ~1 s, even on one device), and a sweep with 16 such SVDs per
+device did not finish in 400 s. Keep per-device batches of spectra small there, or use real
+devices.
+
 Multi-host
 ----------
 Sweeps scale out on JAX's own machinery, not on a scheduler of their own. Start the same script
@@ -58,6 +65,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -1161,6 +1169,7 @@ def run(
     devices: Sequence | None = None,
     compiler_options: Mapping[str, Any] | None = None,
     compile_workers: int | None = None,
+    on_mismatch: str = "error",
     quiet: bool = False,
     stream=None,
 ) -> SweepResult:
@@ -1188,6 +1197,10 @@ def run(
       compile_workers: threads that trace and compile the next static combinations while the
         current one runs (XLA compiles outside the GIL, so with several cores several compile
         at once). Default: the number of CPU cores, at most 4; 1 compiles in the main thread.
+      on_mismatch: what to do when ``out_dir`` holds a *different* sweep (or was written by
+        another gradflow version): ``"error"`` (ValueError, the default) or ``"replace"``
+        (delete its manifest, chunks and results, and start over; for caches such as
+        ``gradflow figures``' stores, never for results you cannot recompute).
       quiet: no progress line.
       stream: where the progress line goes (default ``sys.stderr``).
 
@@ -1205,6 +1218,10 @@ def run(
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices must name at least one device")
+    if on_mismatch not in ("error", "replace"):
+        raise ValueError(f"on_mismatch must be 'error' or 'replace', got {on_mismatch!r}")
+    if on_mismatch == "replace" and out_dir is not None and jax.process_index() == 0:
+        _replace_if_different(Path(out_dir), sweep)
     if compile_workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
     else:
@@ -1213,6 +1230,21 @@ def run(
         return _run(
             sweep, out_dir, batch_size, budget, devices, compiler_options, workers, quiet, stream
         )
+
+
+def _replace_if_different(out: Path, sweep: Sweep) -> None:
+    """Removes a sweep store whose config or gradflow version differs from this sweep's."""
+    path = out / MANIFEST
+    if not path.exists():
+        return
+    manifest = json.loads(path.read_text())
+    same = manifest.get("config_sha256") == _config_hash(sweep.config())
+    if same and manifest.get("versions", {}).get("gradflow") == _versions()["gradflow"]:
+        return
+    shutil.rmtree(out / CHUNKS, ignore_errors=True)
+    for name in (RESULTS, MANIFEST):
+        if (out / name).exists():
+            (out / name).unlink()
 
 
 def _run(

@@ -388,3 +388,14 @@ def test_bench_sweep_smoke():
         assert r["status"] == "ok" and r["median_s"] > 0, r
         assert {"workload", "implementation", "median_s", "device"} <= set(r)
     assert len(records) == 6
+
+
+def test_on_mismatch_replace(tmp_path):
+    sw.run(toy_sweep(), tmp_path, batch_size=4, quiet=True)
+    assert len(list((tmp_path / "chunks").glob("*.npz"))) == 12
+    res = sw.run(toy_sweep(seeds=2), tmp_path, batch_size=4, on_mismatch="replace", quiet=True)
+    assert res.manifest["config"]["axes"]["seed"] == [0, 1]
+    assert len(res.manifest["sessions"]) == 1
+    assert len(list((tmp_path / "chunks").glob("*.npz"))) == 6
+    with pytest.raises(ValueError, match="on_mismatch"):
+        sw.run(toy_sweep(), tmp_path, on_mismatch="ignore")
