@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -74,7 +75,7 @@ class Config(NamedTuple):
     target_accuracy: float = 0.8
     monitor_every: int = 20
     rprop_learning_rate: float = 1e-3
-    rprop_batch: int | None = 256  # None: the full training set (Rprop is a full-batch method)
+    rprop_batch: int | None = None  # None: the full training set (Rprop is a full-batch method)
     es_population: int = 8
     es_sigma: float = 0.02
     es_learning_rate: float = 0.01
@@ -106,7 +107,6 @@ FULL = Config(
     seeds=5,
     target_accuracy=0.9,
     monitor_every=50,
-    rprop_batch=None,
     es_population=64,
     rnn_width=64,
     rnn_batch=64,
@@ -190,8 +190,17 @@ def _mlp_fns(model, data):
 
 
 def _first_over_last(norms):
-    """log10 ‖∂L/∂θ_1‖ / ‖∂L/∂θ_depth‖: first vs last *hidden* layer (the readout is index −1)."""
-    return np.log10(norms[..., 0] / norms[..., -2])
+    """log10 ‖∂L/∂θ_1‖ / ‖∂L/∂θ_depth‖: first vs last *hidden* layer (the readout is index −1).
+
+    −inf where the first layer's gradient underflowed to exactly zero (float32 sigmoid nets).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(norms[..., 0] / norms[..., -2])
+
+
+def _nanmedian(xs):
+    xs = np.asarray(xs, np.float64)
+    return float(np.median(xs[~np.isnan(xs)])) if (~np.isnan(xs)).any() else float("nan")
 
 
 def _steps_to(acc, steps, target):
@@ -209,9 +218,7 @@ def _record(label, method, clip, seed, acc_curve, steps, final_acc, norms, diver
         "final_accuracy": float(final_acc),
         "steps_to_target": _steps_to(acc_curve, steps, cfg.target_accuracy),
         "log10_first_over_last_start": float(ratio[0]) if ratio is not None else float("nan"),
-        "log10_first_over_last_end": float(np.nanmedian(ratio[-3:]))
-        if ratio is not None
-        else float("nan"),
+        "log10_first_over_last_end": _nanmedian(ratio[-3:]) if ratio is not None else float("nan"),
         "diverged": bool(diverged),
         "divergence_step": int(div_step),
         "_acc_curve": np.asarray(acc_curve),
@@ -530,10 +537,10 @@ def mlp_table(records: list[dict], cfg: Config) -> list[dict]:
                 if np.isfinite(st).any()
                 else float("nan"),
                 "log10_first_over_last_start": float(
-                    np.nanmedian([r["log10_first_over_last_start"] for r in rs])
+                    _nanmedian([r["log10_first_over_last_start"] for r in rs])
                 ),
                 "log10_first_over_last_end": float(
-                    np.nanmedian([r["log10_first_over_last_end"] for r in rs])
+                    _nanmedian([r["log10_first_over_last_end"] for r in rs])
                 ),
                 "diverged": int(sum(r["diverged"] for r in rs)),
             }
@@ -692,14 +699,19 @@ def mlp_accuracy_figure(rows: list[dict], cfg: Config, dataset: str):
         cfg.target_accuracy, color="k", ls="--", lw=1, label=f"target {cfg.target_accuracy:g}"
     )
     ax.axvline(0.1, color="grey", ls=":", lw=1, label="chance (10 classes)")
-    ax.barh([], [], color=c_no, label="SGD")
-    ax.barh([], [], color=c_clip, label=f"SGD + clipping at {cfg.clip_norm:g}")
-    ax.barh([], [], color=c_other, label="sigmoid/Glorot net, other optimisers")
+    from matplotlib.patches import Patch
+
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [
+        Patch(color=c_no, label="SGD"),
+        Patch(color=c_clip, label=f"SGD + clipping at {cfg.clip_norm:g}"),
+        Patch(color=c_other, label="sigmoid/Glorot net, other optimisers"),
+    ]
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("test accuracy after training (mean, min–max over seeds)")
     ax.set_title(f"Depth-{cfg.depth} MLPs on {dataset}: {cfg.steps} steps, {cfg.seeds} seeds")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -707,7 +719,9 @@ def mlp_accuracy_figure(rows: list[dict], cfg: Config, dataset: str):
 
 def _median_curve(records, key):
     curves = np.stack([r[key] for r in records])
-    return np.nanmedian(curves, axis=0)
+    with warnings.catch_warnings():  # a step where every seed had diverged is NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(curves, axis=0)
 
 
 def mlp_curves_figure(records: list[dict], steps, cfg: Config, key: str, ylabel: str, title: str):
@@ -741,7 +755,10 @@ def mlp_curves_figure(records: list[dict], steps, cfg: Config, key: str, ylabel:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    axes[1].legend(fontsize=7, loc="best")
+    if key == "_ratio_curve":
+        for ax in axes:
+            ax.axhline(0.0, color="k", lw=0.8)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -763,13 +780,15 @@ def rnn_success_figure(rows: list[dict], cfg: Config):
     for i, tn in enumerate(task_names):
         for j, kind in enumerate(kinds):
             ax = axes[i, j]
-            for v, c, mk in zip(RNN_VARIANTS, palette(3), ("o", "s", "^")):
+            span = max(r["length"] for r in rows) - min(r["length"] for r in rows) or 1
+            for n, (v, c, mk) in enumerate(zip(RNN_VARIANTS, palette(3), ("o", "s", "^"))):
                 rs = sorted(
                     (r for r in rows if (r["task"], r["model"], r["variant"]) == (tn, kind, v)),
                     key=lambda r: r["length"],
                 )
+                # a small horizontal offset per method keeps coinciding points visible
                 ax.plot(
-                    [r["length"] for r in rs],
+                    [r["length"] + (n - 1) * 0.015 * span for r in rs],
                     [r["success_rate"] for r in rs],
                     marker=mk,
                     color=c,
@@ -778,6 +797,7 @@ def rnn_success_figure(rows: list[dict], cfg: Config):
                     alpha=0.85,
                 )
             ax.set_title(f"{kind} — {tn.replace('_', ' ')}", fontsize=10)
+            ax.set_xticks(sorted({r["length"] for r in rows}))
             ax.set_ylim(-0.05, 1.05)
             ax.grid(alpha=0.3)
             if i == len(task_names) - 1:
