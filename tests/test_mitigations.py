@@ -29,7 +29,7 @@ TINY = M.Config(
     rnn_seeds=1,
     lengths=(10, 12),
     rnn_tasks=("temporal_order",),
-    rnn_models=("GRU",),
+    rnn_models=("RNN",),
     n_test=16,
 )
 
