@@ -501,11 +501,11 @@ def fit(
 ) -> FitResult:
     """Trains ``params`` for S steps with an optax optimiser, monitoring the gradients.
 
-    The whole run is one jitted ``lax.scan`` (chunks of ``monitor_every`` steps, each starting
-    with a monitored step). At the first step whose loss is non-finite, or whose gradient has a
-    non-finite layer norm (or one above ``max_grad_norm``), or whose update is non-finite, the
-    update is skipped and training stops; :class:`DivergenceError` is then raised with the step
-    and the layer.
+    The whole run is one jitted ``lax.scan`` over steps; the monitored quantities are computed
+    under a ``lax.cond`` on every ``monitor_every``-th step only. At the first step whose loss
+    is non-finite, or whose gradient has a non-finite layer norm (or one above
+    ``max_grad_norm``), or whose update is non-finite, the update is skipped and training
+    stops; :class:`DivergenceError` is then raised with the step and the layer.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``.
