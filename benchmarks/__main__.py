@@ -140,9 +140,11 @@ def markdown(records: list[dict], env: dict) -> str:
         f"wall time {env['wall_s']:.0f} s.",
         "",
         "Each time is the median of `repeats` calls after one untimed, checked call (compilation "
-        "excluded, recorded as `first_call_s` in results.json). **vs gradflow** = that "
-        "implementation's median / gradflow's: above 1 gradflow is faster, below 1 the peer "
-        "is. A peer's time is reported only after its result matched gradflow's (check column).",
+        "excluded, recorded as `first_call_s` in results.json). **vs ref** = that "
+        "implementation's median / the reference's (gradflow's implementation, or the first "
+        "listed where none is named gradflow): above 1 the reference is faster, below 1 the "
+        "other is. A peer's time is reported only after its result matched the reference's "
+        "(check column); `—` means no time (skipped or failed, with the reason).",
         "",
     ]
     rate = next(
@@ -167,8 +169,7 @@ def markdown(records: list[dict], env: dict) -> str:
             lines.append(f"sizes: `{json.dumps(sizes)}`")
         lines += [
             "",
-            "| implementation | device | median s | vs gradflow | GFLOP/s | % matmul rate "
-            "| check |",
+            "| implementation | device | median s | vs ref | GFLOP/s | % matmul rate | check |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in recs:
@@ -206,11 +207,19 @@ def markdown(records: list[dict], env: dict) -> str:
         extras = [r for r in recs if r.get("peak_rss_bytes") or r.get("xla_temp_bytes")]
         for r in extras:
             lines.append("")
+            rise = r.get("peak_rss_increase_bytes")
             lines.append(
                 f"Memory ({r['implementation']}): XLA scratch "
-                f"{r.get('xla_temp_bytes', 0) / 2**20:.1f} MiB, process peak RSS "
-                f"{(r.get('peak_rss_bytes') or 0) / 2**30:.2f} GiB (weights alone "
-                f"{r.get('weights_bytes', 0) / 2**20:.0f} MiB); top log σ = "
+                f"{r.get('xla_temp_bytes', 0) / 2**20:.1f} MiB; process peak RSS "
+                f"{(r.get('peak_rss_bytes') or 0) / 2**30:.2f} GiB"
+                + (f", of which {rise / 2**20:.0f} MiB during the run" if rise is not None else "")
+                + f" (the n×n weights alone: {r.get('weights_bytes', 0) / 2**20:.0f} MiB"
+                + (
+                    f"; device peak {r['device_peak_bytes'] / 2**20:.0f} MiB"
+                    if r.get("device_peak_bytes")
+                    else ""
+                )
+                + f"); top log σ = "
                 f"{', '.join(f'{v:.4f}' for v in r.get('log_top_singular_values', []))}."
             )
         lines.append("")

@@ -46,7 +46,7 @@ def test_tiny_run_of_the_entry_point(tmp_path):
     nt = [r for r in records if r["implementation"].startswith("neural-tangents")]
     assert nt and nt[0]["status"] == "skipped" and "--skip-nt" in nt[0]["reason"]
     md = (out / "results.md").read_text()
-    assert "## a_mlp_partial_product_spectra" in md and "vs gradflow" in md
+    assert "## a_mlp_partial_product_spectra" in md and "vs ref" in md
     env_info = json.loads((out / "environment.json").read_text())
     assert env_info["precision"]["jax_default_matmul_precision"] == "highest"
 
