@@ -12,6 +12,9 @@ hidden layers. Implementations:
   seed in a Python loop (what a careful researcher writes by hand);
 - ``python loop, eager jax.jacrev``: the same without ``jit`` (what one writes first), timed on
   the first ``eager_inits`` seeds only, its throughput in configurations/s;
+- ``gradflow.sweep, jacrev measurement, vmap_size=1``: the same sweep mapping over each
+  device's configurations one at a time inside the program (``lax.map``) instead of vmapping
+  them all: on a CPU, large per-configuration work runs faster unbatched;
 - ``gradflow.sweep, built-in jacobian_spectrum``: the library measurement, which computes every
   backward product ∂h_depth/∂h_k (log-scale form) on top of the end-to-end spectrum — about twice
   the flops, and the per-layer profile for free;
@@ -19,11 +22,13 @@ hidden layers. Implementations:
   (fresh directory per call) — the cost of resumability.
 
 Every implementation's log singular values are checked against the jitted loop's (σ_i >= 1e-3
-σ_1, atol 2e-3 in log σ) before it is timed. Each record carries ``configs_per_s``, the nominal
+σ_1, atol 2e-3 in log σ) before it is timed; then ``repeats`` rounds time every implementation
+once per round, in turn (a shared machine's load changes then hit all of them alike). Each record
+carries ``configs_per_s`` (median) and ``configs_per_s_best`` (fastest round), the nominal
 flops of its algorithm, the GFLOP/s achieved and that as a percentage of this machine's float32
 matmul rate measured in the same run (workload ``sweep_matmul_rate``); the sweep records carry
-``speedup_vs_jit_loop`` (medians), ``speedup_vs_jit_loop_best`` (minima: on a shared machine the
-least disturbed run) and ``speedup_vs_eager_loop``.
+``speedup_vs_jit_loop`` and ``speedup_vs_eager_loop`` (throughput ratios of medians) and their
+``_best`` variants (of the fastest rounds: on a shared machine, the least disturbed).
 
 Sizes: ``quick`` 16 seeds × depth 40 × width 128 (matmul 1024²) so it fits ~2 minutes of a
 loaded 2-core CPU; full 64 seeds × depth 100 × width 256 (matmul 2048²), as in the issue.
@@ -36,8 +41,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
@@ -122,8 +129,20 @@ def _matmul_rate(n: int, repeats: int, dev: str) -> dict:
     )
 
 
+def _timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    C.block(out)
+    return time.perf_counter() - t0, out
+
+
 def run(quick: bool = False, sizes: dict | None = None) -> list[dict]:
-    """Runs the workload; returns one record per implementation plus the matmul rate."""
+    """Runs the workload; returns one record per implementation plus the matmul rate.
+
+    Every implementation is called once untimed (compilation; ``first_call_s``) and checked
+    against the jitted loop; then ``repeats`` rounds time each implementation once per round, in
+    turn, so that a shared machine's load changes affect all of them alike.
+    """
     sz = dict(sizes or SIZES["quick" if quick else "full"])
     precision = C.configure_precision()
     dev = C.jax_device()
@@ -135,6 +154,7 @@ def run(quick: bool = False, sizes: dict | None = None) -> list[dict]:
     wl = f"sweep_jacobian_spectrum_{inits}init_d{depth}_w{width}"
     steps = depth - 1
     static = {"depth": [depth], "width": [width], "activation": ["tanh"], "init": ["gaussian"]}
+    point0 = {k: v[0] for k, v in static.items()}
     # Nominal flops per configuration: reverse mode pushes n cotangents through K layers
     # (2n³ each) plus one SVD (~8n³/3); the built-in measurement forms K Jacobians by forward
     # mode (2n³ each) and K backward products (2n³ each) plus the same SVD.
@@ -147,115 +167,119 @@ def run(quick: bool = False, sizes: dict | None = None) -> list[dict]:
         "sigma_w": 1.0,
         "devices": jax.device_count(),
         "matmul_precision": precision,
+        "timing": "interleaved rounds",
     }
-
-    def rec(impl, fields, n_configs, flops_per_config, **more):
-        configs_per_s = n_configs / fields["median_s"]
-        gflops = configs_per_s * flops_per_config / 1e9
-        r = C.record(
-            wl,
-            impl,
-            dev,
-            **extra,
-            **fields,
-            **more,
-            configs=n_configs,
-            configs_per_s=configs_per_s,
-            nominal_flops_per_config=flops_per_config,
-            gflops=gflops,
-            pct_of_matmul_rate=100.0 * gflops / peak,
-        )
-        records.append(r)
-        _log(
-            f"{impl}: {configs_per_s:.2f} configs/s, {gflops:.1f} GFLOP/s "
-            f"({r['pct_of_matmul_rate']:.0f}% of matmul)"
-        )
-        return r
-
-    # Reference: the jitted per-config function in a Python loop.
-    one = jax.jit(
-        lambda seed: jacrev_spectrum({**{k: v[0] for k, v in static.items()}, "seed": seed})
-    )
-
-    def jit_loop():
-        return jnp.stack([one(s) for s in range(inits)])
-
-    fields, ref = C.measure(jit_loop, repeats=repeats)
-    ref = np.asarray(ref)
-    r_jit = rec("python loop, jax.jit(jacrev) per config", fields, inits, flops_jacrev)
-
-    # The eager loop, on a few seeds (it is slow; its throughput is per configuration).
     n_eager = min(inits, sz["eager_inits"])
-    point0 = {k: v[0] for k, v in static.items()}
-
-    def eager_loop():
-        return jnp.stack([jacrev_spectrum({**point0, "seed": s}) for s in range(n_eager)])
-
-    fields, _ = C.measure(
-        eager_loop, repeats=1, check=lambda r: _check(ref[:n_eager], r, "eager loop")
-    )
-    r_eager = rec("python loop, eager jax.jacrev", fields, n_eager, flops_jacrev)
-
+    one = jax.jit(lambda seed: jacrev_spectrum({**point0, "seed": seed}))
     axes = {**static, "seed": list(range(inits))}
-    sweeps = {
-        "gradflow.sweep, jacrev measurement": (
-            sw.Sweep.create(axes, jacrev_spectrum),
-            flops_jacrev,
-            "value",
-        ),
-        "gradflow.sweep, built-in jacobian_spectrum": (
-            sw.Sweep.create(axes, "jacobian_spectrum"),
-            flops_builtin,
-            "log_singular_values",
-        ),
-    }
-    for impl, (s, flops, key) in sweeps.items():
-
-        def go(s=s, key=key):
-            return sw.run(s, quiet=True)[key].values.reshape(inits, width)
-
-        try:
-            fields, _ = C.measure(go, repeats=repeats, check=lambda r, i=impl: _check(ref, r, i))
-        except Exception as exc:  # a failed check is a result to report, not to hide
-            records.append(C.failed_record(wl, impl, dev, exc, **extra))
-            _log(f"{impl}: {type(exc).__name__}: {exc}")
-            continue
-        layout = sw.run(s, quiet=True).manifest["shapes"]["0"]  # what the memory budget chose
-        rec(
-            impl,
-            fields,
-            inits,
-            flops,
-            speedup_vs_jit_loop=r_jit["median_s"] / fields["median_s"],
-            speedup_vs_jit_loop_best=r_jit["min_s"] / fields["min_s"],
-            speedup_vs_eager_loop=(inits / fields["median_s"]) / r_eager["configs_per_s"],
-            chunk_layout={k: layout[k] for k in ("batch_size", "chunk_size", "n_chunks")},
-        )
-
-    # The same sweep writing its resumable store (a fresh directory per call).
-    s = sweeps["gradflow.sweep, jacrev measurement"][0]
+    sweep_jacrev = sw.Sweep.create(axes, jacrev_spectrum)
+    sweep_builtin = sw.Sweep.create(axes, "jacobian_spectrum")
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     calls = iter(range(10**6))
 
-    def stored():
+    def stored():  # a fresh directory per call: the full cost of writing the store
         out = tmp / f"run{next(calls)}"
-        return sw.run(s, out, quiet=True)["value"].values.reshape(inits, width)
+        return sw.run(sweep_jacrev, out, quiet=True)["value"].values.reshape(inits, width)
 
-    try:
-        fields, _ = C.measure(stored, repeats=repeats, check=lambda r: _check(ref, r, "stored"))
-        manifest = json.loads((tmp / "run0" / sw.MANIFEST).read_text())
-        layout = manifest["shapes"]["0"]
-        rec(
-            "gradflow.sweep, jacrev measurement, with store",
-            fields,
+    impls = {  # name -> (fn, configs per call, flops per config)
+        "python loop, jax.jit(jacrev) per config": (
+            lambda: jnp.stack([one(s) for s in range(inits)]),
             inits,
             flops_jacrev,
-            speedup_vs_jit_loop=r_jit["median_s"] / fields["median_s"],
-            chunk_layout={k: layout[k] for k in ("batch_size", "chunk_size", "n_chunks")},
-            store_bytes=sum(f.stat().st_size for f in (tmp / "run0").rglob("*") if f.is_file()),
-        )
+        ),
+        "python loop, eager jax.jacrev": (
+            lambda: jnp.stack([jacrev_spectrum({**point0, "seed": s}) for s in range(n_eager)]),
+            n_eager,
+            flops_jacrev,
+        ),
+        "gradflow.sweep, jacrev measurement": (
+            lambda: sw.run(sweep_jacrev, quiet=True)["value"].values.reshape(inits, width),
+            inits,
+            flops_jacrev,
+        ),
+        "gradflow.sweep, jacrev measurement, vmap_size=1": (
+            lambda: sw.run(sweep_jacrev, vmap_size=1, quiet=True)["value"].values.reshape(
+                inits, width
+            ),
+            inits,
+            flops_jacrev,
+        ),
+        "gradflow.sweep, built-in jacobian_spectrum": (
+            lambda: sw.run(sweep_builtin, quiet=True)["log_singular_values"].values.reshape(
+                inits, width
+            ),
+            inits,
+            flops_builtin,
+        ),
+        "gradflow.sweep, jacrev measurement, with store": (stored, inits, flops_jacrev),
+    }
+    ref = None
+    first, checks, failed = {}, {}, {}
+    try:
+        for name, (fn, n, _) in impls.items():  # first calls: compile, then check
+            try:
+                first[name], out = _timed(fn)
+                if ref is None:
+                    ref = np.asarray(out)  # the jitted loop is the reference
+                    checks[name] = {"passed": True, "reference": True}
+                else:
+                    checks[name] = {"passed": True, **_check(ref[:n], out, name)}
+            except Exception as exc:  # a failed check is a result to report, not to hide
+                failed[name] = exc
+                _log(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
+        times = {name: [] for name in impls if name not in failed}
+        for _ in range(repeats):
+            for name in times:
+                times[name].append(_timed(impls[name][0])[0])
+        layout = json.loads((tmp / "run0" / sw.MANIFEST).read_text())["shapes"]["0"]
+        store_bytes = sum(f.stat().st_size for f in (tmp / "run0").rglob("*") if f.is_file())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+    stats = {}
+    for name, (_, n, flops) in impls.items():
+        if name in failed:
+            records.append(C.failed_record(wl, name, dev, failed[name], **extra))
+            continue
+        med, best = statistics.median(times[name]), min(times[name])
+        stats[name] = (med, best, n)
+        gflops = n / med * flops / 1e9
+        fields = {
+            "median_s": med,
+            "min_s": best,
+            "times_s": times[name],
+            "repeats": repeats,
+            "first_call_s": first[name],
+            "check": checks[name],
+            "configs": n,
+            "configs_per_s": n / med,
+            "configs_per_s_best": n / best,
+            "nominal_flops_per_config": flops,
+            "gflops": gflops,
+            "pct_of_matmul_rate": 100.0 * gflops / peak,
+        }
+        if name.startswith("gradflow.sweep"):
+            fields["chunk_layout"] = {
+                k: layout[k] for k in ("batch_size", "chunk_size", "n_chunks")
+            }
+        if name.endswith("with store"):
+            fields["store_bytes"] = store_bytes
+        records.append(C.record(wl, name, dev, **extra, **fields))
+    # Ratios of throughputs (configs/s), so loops over different numbers of configs compare.
+    jit_name, eager_name = list(impls)[:2]
+    for r in records:
+        if r["workload"] != wl or r.get("median_s") is None:
+            continue
+        for ref_name, key in ((jit_name, "jit_loop"), (eager_name, "eager_loop")):
+            if ref_name in stats and r["implementation"] != ref_name:
+                med, best, n = stats[ref_name]
+                r[f"speedup_vs_{key}"] = r["configs_per_s"] / (n / med)
+                r[f"speedup_vs_{key}_best"] = r["configs_per_s_best"] / (n / best)
+        _log(
+            f"{r['implementation']}: {r['configs_per_s']:.2f} configs/s (best "
+            f"{r['configs_per_s_best']:.2f}), {r['gflops']:.1f} GFLOP/s = "
+            f"{r['pct_of_matmul_rate']:.1f}% of matmul"
+        )
     return records
 
 

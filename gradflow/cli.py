@@ -50,6 +50,8 @@ def _cmd_sweep(args) -> int:
         run_opts["batch_size"] = args.batch_size
     if args.memory_budget is not None:
         run_opts["memory_budget"] = args.memory_budget
+    if args.vmap_size is not None:
+        run_opts["vmap_size"] = args.vmap_size
     t0 = time.perf_counter()
     result = sweep.run(sw, args.out, quiet=args.quiet, **run_opts)
     dt = time.perf_counter() - t0
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--batch-size", type=int, help="configurations vmapped per device per step")
     p.add_argument("--memory-budget", help="bytes per device per chunk, e.g. 512MB (default 1GiB)")
+    p.add_argument("--vmap-size", type=int, help="configurations vmapped at once (default: all)")
     p.set_defaults(func=_cmd_sweep)
     return parser
 

@@ -75,7 +75,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -835,6 +835,7 @@ def from_toml(path) -> tuple[Sweep, dict]:
         [run]                             # optional: how to run, not what (not part of identity)
         batch_size = 32                   # configurations vmapped per device per step
         memory_budget = "512MB"           # or this, to pick batch_size
+        vmap_size = 1                     # optional: configurations vmapped at once per device
 
     Returns:
       ``(sweep, run_options)`` where ``run_options`` holds the ``[run]`` table for :func:`run`.
@@ -865,7 +866,7 @@ def from_toml(path) -> tuple[Sweep, dict]:
         **options,
     )
     run_opts = dict(doc.get("run", {}))
-    unknown = set(run_opts) - {"batch_size", "memory_budget"}
+    unknown = set(run_opts) - {"batch_size", "memory_budget", "vmap_size"}
     if unknown:
         raise ValueError(f"{path}: unknown keys in [run]: {sorted(unknown)}")
     return sweep, run_opts
@@ -1037,11 +1038,13 @@ class _Progress:
         self.stream.flush()
 
 
-def _shape_function(sweep: Sweep, static: dict, mesh: Mesh | None):
+def _shape_function(sweep: Sweep, static: dict, mesh: Mesh | None, vmap_size: int | None = None):
     """The jitted measurement of a batch of configurations of one static combination.
 
     ``f(index, *batched_values)``: ``index`` (int32, the flat config index; only there so that a
-    grid without batched axes still has an axis to map) and one 1-D array per batched axis.
+    grid without batched axes still has an axis to map) and one 1-D array per batched axis. Each
+    device vmaps its whole slice, or with ``vmap_size`` maps over it ``vmap_size`` at a time
+    (``lax.map``: a loop inside the program, vmapped within each step).
     """
     names = sweep.batched
     measure = sweep.measure
@@ -1051,7 +1054,14 @@ def _shape_function(sweep: Sweep, static: dict, mesh: Mesh | None):
         point.update(zip(names, values))
         return measure({a: point[a] for a in sweep.axes})
 
-    batched = jax.vmap(one)
+    if vmap_size is None:
+        batched = jax.vmap(one)
+    else:
+
+        def batched(*xs):
+            size = None if vmap_size == 1 else vmap_size
+            return jax.lax.map(lambda a: one(*a), xs, batch_size=size)
+
     if mesh is None:
         return jax.jit(batched)
     spec = P(MESH_AXIS)
@@ -1089,7 +1099,15 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _cached_compile(kind: str, sweep: Sweep, static: dict, n: int, mesh, sharding, options):
+class _Exec(NamedTuple):
+    """How to compile: XLA options and the vectorisation width (see :func:`run`)."""
+
+    compiler_options: Mapping[str, Any] | None = None
+    vmap_size: int | None = None
+
+
+def _cached_compile(kind: str, sweep: Sweep, static: dict, n: int, mesh, sharding, ex: _Exec):
+    """The compiled program (and a memo dict stored with it) for ``n`` configurations."""
     key = (
         kind,
         id(sweep.measure.fn),
@@ -1101,29 +1119,44 @@ def _cached_compile(kind: str, sweep: Sweep, static: dict, n: int, mesh, shardin
         None if mesh is None else tuple(d.id for d in mesh.devices.flat),
         jax.config.jax_enable_x64,
         str(jax.config.jax_default_matmul_precision),
-        json.dumps(dict(options or {}), sort_keys=True),
+        json.dumps(dict(ex.compiler_options or {}), sort_keys=True),
+        ex.vmap_size,
     )
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None and hit[0] is sweep.measure.fn:
             _CACHE.move_to_end(key)
-            return hit[1]
-    lowered = _shape_function(sweep, static, mesh).lower(*_arg_specs(sweep, n, sharding))
-    compiled = lowered.compile(compiler_options=options)
+            return hit[1], hit[2]
+    vmap_size = (
+        None if ex.vmap_size is None or ex.vmap_size >= n // max(1, _n_dev(mesh)) else ex.vmap_size
+    )
+    lowered = _shape_function(sweep, static, mesh, vmap_size).lower(*_arg_specs(sweep, n, sharding))
+    compiled = lowered.compile(compiler_options=ex.compiler_options)
     with _CACHE_LOCK:
-        _CACHE[key] = (sweep.measure.fn, compiled)
+        _CACHE[key] = (sweep.measure.fn, compiled, {})
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return compiled
+        return compiled, _CACHE[key][2]
 
 
-def _per_config_bytes(sweep: Sweep, static: dict, compiler_options=None) -> int | None:
+def _n_dev(mesh) -> int:
+    return 1 if mesh is None else mesh.devices.size
+
+
+def _per_config_bytes(sweep: Sweep, static: dict, ex: _Exec) -> int | None:
     """Peak bytes of one configuration: XLA's memory analysis of the single-config program."""
-    compiled = _cached_compile("estimate", sweep, static, 1, None, None, compiler_options)
-    stats = compiled.memory_analysis()
-    if stats is None:  # some backends do not report
-        return None
-    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+    compiled, memo = _cached_compile(
+        "estimate", sweep, static, 1, None, None, ex._replace(vmap_size=None)
+    )
+    if "bytes" not in memo:  # memory_analysis() itself takes tens of ms: ask once
+        stats = compiled.memory_analysis()
+        memo["bytes"] = (
+            None  # some backends do not report
+            if stats is None
+            else int(stats.temp_size_in_bytes + stats.argument_size_in_bytes)
+            + int(stats.output_size_in_bytes)
+        )
+    return memo["bytes"]
 
 
 def _flatten(tree) -> dict[str, Any]:
@@ -1169,6 +1202,7 @@ def run(
     devices: Sequence | None = None,
     compiler_options: Mapping[str, Any] | None = None,
     compile_workers: int | None = None,
+    vmap_size: int | None = None,
     on_mismatch: str = "error",
     quiet: bool = False,
     stream=None,
@@ -1197,6 +1231,13 @@ def run(
       compile_workers: threads that trace and compile the next static combinations while the
         current one runs (XLA compiles outside the GIL, so with several cores several compile
         at once). Default: the number of CPU cores, at most 4; 1 compiles in the main thread.
+      vmap_size: how many configurations each device vmaps together; ``None`` (default): its
+        whole batch. Smaller values map over the batch ``vmap_size`` at a time inside the
+        program (``lax.map``). On a CPU, vmapping large per-configuration work can be slower
+        than doing it one at a time (measured in ``benchmarks/bench_sweep.py``: 16 width-128,
+        depth-40 Jacobians ran about 2× faster with ``vmap_size=1``), while tiny
+        configurations gain from full vmapping; on accelerators the default is the right one.
+        Results are bitwise reproducible for a given (``batch_size``, ``vmap_size``).
       on_mismatch: what to do when ``out_dir`` holds a *different* sweep (or was written by
         another gradflow version): ``"error"`` (ValueError, the default) or ``"replace"``
         (delete its manifest, chunks and results, and start over; for caches such as
@@ -1226,10 +1267,11 @@ def run(
         workers = max(1, min(4, os.cpu_count() or 1))
     else:
         workers = _checks.positive_int("compile_workers", compile_workers)
+    if vmap_size is not None:
+        vmap_size = _checks.positive_int("vmap_size", vmap_size)
+    ex = _Exec(None if compiler_options is None else dict(compiler_options), vmap_size)
     with jax.enable_x64(sweep.dtype == "float64"):
-        return _run(
-            sweep, out_dir, batch_size, budget, devices, compiler_options, workers, quiet, stream
-        )
+        return _run(sweep, out_dir, batch_size, budget, devices, ex, workers, quiet, stream)
 
 
 def _replace_if_different(out: Path, sweep: Sweep) -> None:
@@ -1247,9 +1289,7 @@ def _replace_if_different(out: Path, sweep: Sweep) -> None:
             (out / name).unlink()
 
 
-def _run(
-    sweep, out_dir, batch_size, budget, devices, options, compile_workers, quiet, stream
-) -> SweepResult:
+def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet, stream):
     t_start = time.perf_counter()
     writer = jax.process_index() == 0
     out = None if out_dir is None else Path(out_dir)
@@ -1262,7 +1302,8 @@ def _run(
         "started": _now(),
         "host": platform.node(),
         "devices": _device_info(devices),
-        "compiler_options": dict(options or {}),
+        "compiler_options": dict(ex.compiler_options or {}),
+        "vmap_size": ex.vmap_size,
         "chunks_computed": 0,
         "chunks_skipped": 0,
         "wall_s": 0.0,
@@ -1301,7 +1342,7 @@ def _run(
             if layout is None:
                 b = batch_size
                 if b is None:
-                    per = _per_config_bytes(sweep, shapes[s], options)
+                    per = _per_config_bytes(sweep, shapes[s], ex)
                     b = max(1, budget // per) if per else 1
                     b = min(b, -(-n_batched // n_dev))
                 layout = {
@@ -1316,7 +1357,7 @@ def _run(
                 for j in range(layout["n_chunks"])
             ):
                 return layout, None
-            return layout, _compile(sweep, shapes[s], mesh, sharding, layout, n_dev, options)
+            return layout, _compile(sweep, shapes[s], mesh, sharding, layout, n_dev, ex)
 
     workers = max(1, min(compile_workers, len(shapes)))
     pool = (
@@ -1336,7 +1377,7 @@ def _run(
                     _write_json(out / MANIFEST, manifest)
             results = _run_shape(
                 sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev,
-                options, progress, f"shape {s + 1}/{len(shapes)} [{labels[s]}]", t_start,
+                ex, progress, f"shape {s + 1}/{len(shapes)} [{labels[s]}]", t_start,
             )  # fmt: skip
             blocks.append(_assemble(out, s, layout["n_chunks"], results, sweep.batched_shape))
     finally:
@@ -1357,15 +1398,15 @@ def _run(
     return result
 
 
-def _compile(sweep, static, mesh, sharding, layout, n_dev, options):
+def _compile(sweep, static, mesh, sharding, layout, n_dev, ex: _Exec):
     # A chunk is computed on devices × per-device rows; the per-device batch stays the layout's
     # batch_size unless the sweep resumes on a different number of devices.
     padded = -(-layout["chunk_size"] // n_dev) * n_dev
-    return _cached_compile("chunk", sweep, static, padded, mesh, sharding, options)
+    return _cached_compile("chunk", sweep, static, padded, mesh, sharding, ex)[0]
 
 
 def _run_shape(
-    sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev, options,
+    sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev, ex,
     progress, text, t_start,
 ) -> dict[int, dict[str, np.ndarray]]:  # fmt: skip
     """Computes (and stores) the missing chunks of one static combination."""
@@ -1387,7 +1428,7 @@ def _run_shape(
             progress.update(hi - lo, False, label)
             continue
         if fn is None:  # compiled once per static combination, only if a chunk is left
-            fn = _compile(sweep, static, mesh, sharding, layout, n_dev, options)
+            fn = _compile(sweep, static, mesh, sharding, layout, n_dev, ex)
         t0 = time.perf_counter()
         index = np.minimum(np.arange(lo, lo + padded), hi - 1)  # pad with the last config
         host = [index.astype(np.int32), *sweep.batched_values(index)]

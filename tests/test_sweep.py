@@ -81,9 +81,11 @@ def test_classifies_axes():
     assert s3.batched == ()
 
 
-def test_vmapped_sweep_equals_python_loop(x64):
+@pytest.mark.parametrize("vmap_size", [None, 2])
+def test_vmapped_sweep_equals_python_loop(x64, vmap_size):
     s = toy_sweep()
-    res = sw.run(s, batch_size=5, quiet=True)
+    # batch 5 with vmap_size 2: lax.map over pairs plus a remainder of one, on every chunk
+    res = sw.run(s, batch_size=5, vmap_size=vmap_size, quiet=True)
     loop = {name: [] for name in res.names}
     # One jitted single-configuration function per depth (no vmap), called in a Python loop.
     single = {
@@ -274,7 +276,7 @@ def test_toml_cli_and_examples(tmp_path):
     assert examples, "examples/*.toml should exist"
     for path in examples:  # every example parses into a valid sweep
         s, run_opts = sw.from_toml(path)
-        assert s.n_configs >= 1 and set(run_opts) <= {"batch_size", "memory_budget"}
+        assert s.n_configs >= 1 and set(run_opts) <= {"batch_size", "memory_budget", "vmap_size"}
 
 
 # --- subprocesses: device counts and SIGKILL ----------------------------------------------------
@@ -387,7 +389,7 @@ def test_bench_sweep_smoke():
     for r in records:
         assert r["status"] == "ok" and r["median_s"] > 0, r
         assert {"workload", "implementation", "median_s", "device"} <= set(r)
-    assert len(records) == 6
+    assert len(records) == 7
 
 
 def test_on_mismatch_replace(tmp_path):
