@@ -1007,8 +1007,10 @@ def _open_store(out_dir: Path | None, sweep: Sweep) -> dict:
 class _Progress:
     """One status line on stderr: chunks done/total, configurations per second, ETA."""
 
-    def __init__(self, n_configs: int, stream=None, quiet: bool = False):
+    def __init__(self, n_configs: int, n_chunks: int | None, stream=None, quiet: bool = False):
         self.total = n_configs
+        self.total_chunks = n_chunks  # None while some combination's layout is not yet chosen
+        self.chunks = 0
         self.done = 0
         self.computed = 0
         self.stream = sys.stderr if stream is None else stream
@@ -1018,6 +1020,7 @@ class _Progress:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def update(self, n: int, computed: bool, text: str, final: bool = False):
+        self.chunks += 1 if n else 0
         self.done += n
         self.computed += n if computed else 0
         if self.quiet:
@@ -1030,8 +1033,10 @@ class _Progress:
         rate = self.computed / elapsed if elapsed > 0 else 0.0
         remaining = self.total - self.done
         eta = "--:--:--" if rate == 0 else str(datetime.timedelta(seconds=round(remaining / rate)))
+        chunks = f"{self.chunks}/{self.total_chunks if self.total_chunks else '?'}"
         line = (
-            f"[sweep] {text} | configs {self.done}/{self.total} | {rate:8.1f} configs/s | ETA {eta}"
+            f"[sweep] {text} | chunks {chunks} | configs {self.done}/{self.total} | "
+            f"{rate:8.1f} configs/s | ETA {eta}"
         )
         end = "\n" if (final or not self.tty) else ""
         self.stream.write(("\r\x1b[K" if self.tty else "") + line + end)
@@ -1319,10 +1324,17 @@ def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
     sharding = NamedSharding(mesh, P(MESH_AXIS))
     n_batched = math.prod(sweep.batched_shape)
-    progress = _Progress(sweep.n_configs, stream, quiet)
     shapes = sweep.shapes()
     labels = [", ".join(f"{k}={v}" for k, v in st.items()) or "all" for st in shapes]
     stored = [manifest["shapes"].get(str(s)) for s in range(len(shapes))]
+    per_shape_chunks = [
+        layout["n_chunks"]
+        if layout is not None
+        else (None if batch_size is None else -(-n_batched // (batch_size * n_dev)))
+        for layout in stored
+    ]
+    total_chunks = None if None in per_shape_chunks else sum(per_shape_chunks)
+    progress = _Progress(sweep.n_configs, total_chunks, stream, quiet)
     for s, layout in enumerate(stored):  # fail before compiling anything
         if layout is not None and batch_size is not None and layout["batch_size"] != batch_size:
             raise ValueError(

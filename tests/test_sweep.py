@@ -216,7 +216,8 @@ def test_progress_line_and_quiet():
     buf = io.StringIO()
     sw.run(s, batch_size=4, stream=buf)
     text = buf.getvalue()
-    assert "configs 12/12" in text and "configs/s" in text and "ETA" in text
+    assert "chunks 3/3" in text and "configs 12/12" in text
+    assert "configs/s" in text and "ETA" in text
     buf = io.StringIO()
     sw.run(s, batch_size=4, stream=buf, quiet=True)
     assert buf.getvalue() == ""
