@@ -1190,6 +1190,12 @@ def _gather(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
+def _sync(name: str) -> None:  # pragma: no cover - needs several hosts
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def _broadcast_done(done: np.ndarray) -> np.ndarray:
     if jax.process_count() > 1:  # pragma: no cover - needs several hosts
         from jax.experimental import multihost_utils
@@ -1266,8 +1272,11 @@ def run(
         raise ValueError("devices must name at least one device")
     if on_mismatch not in ("error", "replace"):
         raise ValueError(f"on_mismatch must be 'error' or 'replace', got {on_mismatch!r}")
-    if on_mismatch == "replace" and out_dir is not None and jax.process_index() == 0:
-        _replace_if_different(Path(out_dir), sweep)
+    if on_mismatch == "replace" and out_dir is not None:
+        if jax.process_index() == 0:
+            _replace_if_different(Path(out_dir), sweep)
+        if jax.process_count() > 1:  # nobody reads the old manifest while process 0 deletes it
+            _sync("gradflow.sweep.replace")
     if compile_workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
     else:
@@ -1300,9 +1309,13 @@ def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet
     out = None if out_dir is None else Path(out_dir)
     if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out} exists and is not a directory")
+    writer = writer and out is not None
+    # Several hosts: process 0 creates or checks the store first, the others read it after.
+    multi = out is not None and jax.process_count() > 1
+    if multi and not writer:  # pragma: no cover - needs several hosts
+        _sync("gradflow.sweep.open")
     # In memory too, the manifest records the layout, devices and timings (never written then).
     manifest = _open_store(out, sweep)
-    writer = writer and out is not None
     session = {
         "started": _now(),
         "host": platform.node(),
@@ -1317,8 +1330,10 @@ def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet
     manifest["device"] = manifest["device"] or _device_info(devices)
     if writer:
         out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / MANIFEST, manifest)  # before chunks/: a store is never manifest-less
         (out / CHUNKS).mkdir(exist_ok=True)
-        _write_json(out / MANIFEST, manifest)
+    if multi and writer:  # pragma: no cover - needs several hosts
+        _sync("gradflow.sweep.open")
 
     n_dev = len(devices)
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
