@@ -19,12 +19,13 @@ different config in the same directory raises ``ValueError`` instead of mixing r
 Results are :class:`LabelledArray` s (values + dimension names + coordinates), one per leaf of the
 measurement's output; :func:`load` reads a finished (or partial) directory back.
 
-Reproducibility: a configuration's numbers depend only on the configuration and on the number of
-configurations vmapped together on one device (``batch_size``; XLA may pick different kernels for
-different batch sizes). With the same ``batch_size``, 1 and 8 devices give bitwise-identical
-results. ``memory_budget`` picks ``batch_size`` from a compiled memory estimate and caps it at
-what the grid needs on the available devices, so pass ``batch_size`` explicitly when bitwise
-equality across machines with different device counts matters.
+Reproducibility: a configuration's numbers depend only on the configuration and on how many
+configurations are vmapped together on one device (``batch_size``, or ``vmap_size`` when set; XLA
+may pick different kernels for different batch sizes). With the same ``batch_size``, 1 and 8
+devices give bitwise-identical results (tested in float64). ``memory_budget`` picks
+``batch_size`` from a compiled memory estimate and caps it at what the grid needs on the
+available devices, so pass ``batch_size`` explicitly when bitwise equality across machines with
+different device counts matters.
 
 Testing sharding on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` gives 8 CPU
 devices, which is how the tests check that 1 and 8 devices agree. It is for testing only: on a
@@ -43,14 +44,15 @@ takes its arguments from the environment; elsewhere pass ``coordinator_address``
     import jax
     jax.distributed.initialize()          # before any other JAX call
     import gradflow as gf
-    sw = gf.sweep.from_toml("examples/jacobian_spectrum.toml")
-    gf.sweep.run(sw, "/shared/results/spectra")
+    sweep, run_options = gf.sweep.from_toml("examples/jacobian_spectrum.toml")
+    gf.sweep.run(sweep, "/shared/results/spectra", **run_options)
 
 ``jax.devices()`` then lists every device of every host, the mesh spans all of them, each host
 feeds only its own devices' slice of every chunk (``jax.make_array_from_callback``) and the
 results are gathered with ``multihost_utils.process_allgather``. Only process 0 writes, so
-``out_dir`` should be on a filesystem every host can read (resuming reads it on every host; process
-0's view of which chunks are finished is broadcast to the others).
+``out_dir`` should be on a filesystem every host can read (process 0 creates or checks the store
+before the others read it, and its view of which chunks are finished is broadcast to them). The
+same command resumes a multi-host sweep, on any number of hosts.
 """
 
 from __future__ import annotations
