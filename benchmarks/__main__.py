@@ -139,8 +139,11 @@ def markdown(records: list[dict], env: dict) -> str:
         f"jax {env['versions'].get('jax')}, torch {env['versions'].get('torch')}; "
         f"wall time {env['wall_s']:.0f} s.",
         "",
-        "Each time is the median of `repeats` calls after one untimed, checked call (compilation "
-        "excluded, recorded as `first_call_s` in results.json). **vs ref** = that "
+        "Each time is the median (and minimum) of `repeats` calls after one untimed, checked "
+        "call (compilation excluded, recorded as `first_call_s` in results.json); bench_core "
+        "times a workload's implementations in interleaved rounds, so load changes on a shared "
+        "machine hit all of them alike. % matmul rate = GFLOP/s (nominal flops / median) over "
+        "the best measured float32 matmul rate. **vs ref** = that "
         "implementation's median / the reference's (gradflow's implementation, or the first "
         "listed where none is named gradflow): above 1 the reference is faster, below 1 the "
         "other is. A peer's time is reported only after its result matched the reference's "
@@ -169,18 +172,22 @@ def markdown(records: list[dict], env: dict) -> str:
             lines.append(f"sizes: `{json.dumps(sizes)}`")
         lines += [
             "",
-            "| implementation | device | median s | vs ref | GFLOP/s | % matmul rate | check |",
-            "|---|---|---|---|---|---|---|",
+            "| implementation | device | median s | min s | vs ref (median) | vs ref (min) "
+            "| GFLOP/s | % matmul rate | check |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in recs:
-            med = r.get("median_s")
-            ratio = "—"
+            med, best = r.get("median_s"), r.get("min_s")
+            ratio = ratio_min = "—"
             if med is not None and ref is not None and ref.get("median_s"):
                 ratio = "1 (ref)" if r is ref else f"{med / ref['median_s']:.3g}×"
+            if best is not None and ref is not None and ref.get("min_s"):
+                ratio_min = "1 (ref)" if r is ref else f"{best / ref['min_s']:.3g}×"
             gfl = r.get("gflops")
             pct = r.get("pct_of_matmul_rate")
-            if pct is None and gfl and rate and workload != "matmul_rate":
-                pct = 100 * gfl / rate["gflops"]
+            peak = rate and (rate.get("gflops_best") or rate.get("gflops"))
+            if pct is None and gfl and peak and workload != "matmul_rate":
+                pct = 100 * gfl / peak
             check = r.get("check", {})
             if r.get("status") != "ok":
                 note = f"**{r.get('status')}**: {str(r.get('reason', ''))[:300]}"
@@ -200,7 +207,8 @@ def markdown(records: list[dict], env: dict) -> str:
                 note = "reference" if r is ref else "ok"
             impl = r["implementation"].replace("|", "/")
             lines.append(
-                f"| {impl} | {r.get('device', '')} | {_fmt_s(med)} | {ratio} | "
+                f"| {impl} | {r.get('device', '')} | {_fmt_s(med)} | {_fmt_s(best)} | {ratio} | "
+                f"{ratio_min} | "
                 f"{'—' if not gfl else f'{gfl:.3g}'} | "
                 f"{'—' if pct is None or not math.isfinite(pct) else f'{pct:.1f} %'} | {note} |"
             )

@@ -66,15 +66,30 @@ def test_wrong_answer_is_never_timed():
     assert len(calls) == 1  # the first (untimed) call only
 
     records = []
-    out = bench_core._run_impl(
-        records, "w", "peer", "cpu", fn, repeats=3, check=check, extra={"sizes": {}}
-    )
+    group = bench_core._Group(records, 3, None)
+    out = group.add(records, "w", "peer", "cpu", fn, repeats=3, check=check, extra={"sizes": {}})
     assert out is None
+    group.time()
+    bench_core._flush()
     (rec,) = records
     assert rec["status"] == "check_failed" and rec["median_s"] is None
     assert "exceeds" in rec["reason"]
+    assert len(calls) == 2  # one first call here, none in the timing rounds
     md = entry.markdown(records, _env())
     assert "check_failed" in md and "| — |" in md
+
+
+def test_group_times_passing_implementations_in_interleaved_rounds():
+    order, records = [], []
+    group = bench_core._Group(records, 3, None)
+    for name in ("gradflow x", "peer y"):
+        fn = lambda name=name: order.append(name) or np.zeros(2)
+        group.add(records, "w", name, "cpu", fn, repeats=3, check=None, extra={}, flops=1e6)
+    assert order == ["gradflow x", "peer y"] and all(r["median_s"] is None for r in records)
+    bench_core._flush()
+    assert order[2:] == ["gradflow x", "peer y"] * 3  # round robin, not one after the other
+    for r in records:
+        assert r["repeats"] == 3 and r["median_s"] >= r["min_s"] >= 0 and r["gflops"] > 0
 
 
 def test_measure_times_after_a_passing_check_and_respects_budget():
@@ -136,6 +151,7 @@ def test_unavailable_neural_tangents_is_recorded_as_skipped(monkeypatch):
     monkeypatch.setattr(peers_nt, "ensure_venv", unavailable)
     monkeypatch.delenv("GRADFLOW_BENCH_SKIP_NT", raising=False)
     records = bench_core.workload_d({"grid": 2, "depth": 2}, 1)
+    bench_core._flush()
     gf_rec, nt_rec = records
     assert gf_rec["status"] == "ok" and gf_rec["median_s"] > 0
     assert nt_rec["status"] == "skipped" and nt_rec["median_s"] is None
