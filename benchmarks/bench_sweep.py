@@ -30,8 +30,11 @@ matmul rate measured in the same run (workload ``sweep_matmul_rate``); the sweep
 ``speedup_vs_jit_loop`` and ``speedup_vs_eager_loop`` (throughput ratios of medians) and their
 ``_best`` variants (of the fastest rounds: on a shared machine, the least disturbed).
 
-Sizes: ``quick`` 16 seeds × depth 40 × width 128 (matmul 1024²) so it fits ~2 minutes of a
-loaded 2-core CPU; full 64 seeds × depth 100 × width 256 (matmul 2048²), as in the issue.
+Two sizes of the workload run: ``main``, the issue's 64 seeds × depth 100 × width 256 (``quick``:
+16 × 40 × 128, so that it fits well within 2 minutes on a 2-core CPU), where every configuration is
+a few GFLOP of matmuls; and ``small``, 4096 seeds × depth 10 × width 16 (``quick``: 512), where
+each configuration is tiny and a Python loop pays a dispatch per configuration. Matmul rate:
+2048² (``quick``: 1024²).
 
 Run as ``python benchmarks/bench_sweep.py [--quick]``; prints the records as JSON.
 """
@@ -61,20 +64,18 @@ from gradflow.chain import final_state
 __all__ = ["run", "SIZES", "jacrev_spectrum"]
 
 SIZES = {
+    # "main" is the issue's workload; "small" has tiny configurations, where per-call dispatch,
+    # not arithmetic, bounds a Python loop.
     "full": {
-        "inits": 64,
-        "depth": 100,
-        "width": 256,
+        "main": {"inits": 64, "depth": 100, "width": 256, "eager_inits": 4},
+        "small": {"inits": 4096, "depth": 10, "width": 16, "eager_inits": 8},
         "matmul": 2048,
-        "eager_inits": 4,
         "repeats": 3,
     },
     "quick": {
-        "inits": 16,
-        "depth": 40,
-        "width": 128,
+        "main": {"inits": 16, "depth": 40, "width": 128, "eager_inits": 2},
+        "small": {"inits": 512, "depth": 10, "width": 16, "eager_inits": 4},
         "matmul": 1024,
-        "eager_inits": 2,
         "repeats": 5,
     },
 }
@@ -137,7 +138,7 @@ def _timed(fn) -> tuple[float, object]:
 
 
 def run(quick: bool = False, sizes: dict | None = None) -> list[dict]:
-    """Runs the workload; returns one record per implementation plus the matmul rate.
+    """Runs both workloads; returns one record per implementation plus the matmul rate.
 
     Every implementation is called once untimed (compilation; ``first_call_s``) and checked
     against the jitted loop; then ``repeats`` rounds time each implementation once per round, in
@@ -146,11 +147,18 @@ def run(quick: bool = False, sizes: dict | None = None) -> list[dict]:
     sz = dict(sizes or SIZES["quick" if quick else "full"])
     precision = C.configure_precision()
     dev = C.jax_device()
-    inits, depth, width, repeats = sz["inits"], sz["depth"], sz["width"], sz["repeats"]
-    records = [_matmul_rate(sz["matmul"], repeats, dev)]
+    records = [_matmul_rate(sz["matmul"], sz["repeats"], dev)]
     peak = records[0]["gflops"]
     _log(f"matmul {sz['matmul']}²: {peak:.1f} GFLOP/s")
+    for name in ("main", "small"):
+        if name in sz:
+            records += _workload(dict(sz[name], repeats=sz["repeats"]), peak, dev, precision)
+    return records
 
+
+def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
+    inits, depth, width, repeats = sz["inits"], sz["depth"], sz["width"], sz["repeats"]
+    records = []
     wl = f"sweep_jacobian_spectrum_{inits}init_d{depth}_w{width}"
     steps = depth - 1
     static = {"depth": [depth], "width": [width], "activation": ["tanh"], "init": ["gaussian"]}

@@ -381,7 +381,11 @@ def test_bench_sweep_smoke():
         from benchmarks import bench_sweep
     finally:
         sys.path.remove(str(TESTS.parent))
-    sizes = {"inits": 3, "depth": 3, "width": 4, "matmul": 64, "eager_inits": 1, "repeats": 1}
+    sizes = {
+        "main": {"inits": 3, "depth": 3, "width": 4, "eager_inits": 1},
+        "matmul": 64,
+        "repeats": 1,
+    }
     records = bench_sweep.run(sizes=sizes)
     assert {r["workload"] for r in records} == {
         "sweep_matmul_rate",
