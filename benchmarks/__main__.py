@@ -269,9 +269,20 @@ def main(argv=None) -> int:
         "versions": _versions(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),
+        # Thread settings change CPU timings a lot on an oversubscribed machine (see README).
+        "thread_env": {
+            k: os.environ.get(k)
+            for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+        },
         "quick": args.quick,
     }
     print(f"[benchmarks] device: {env['jax_device']}; precision: {precision}", flush=True)
+    if env["loadavg_before"][0] > (os.cpu_count() or 1):
+        print(
+            f"[benchmarks] warning: load average {env['loadavg_before'][0]} exceeds "
+            f"{os.cpu_count()} cores; CPU timings will be noisy (recorded)",
+            flush=True,
+        )
     records = run_modules(
         args.quick, only=args.only, tiny=args.tiny, log=lambda m: print(m, flush=True)
     )
