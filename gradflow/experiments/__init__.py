@@ -14,6 +14,7 @@ __all__ = ["REGISTRY", "names", "get"]
 
 REGISTRY: dict[str, str] = {
     "vanishing": "gradflow.experiments.vanishing",
+    "meanfield": "gradflow.experiments.meanfield",
     "pascanu2013": "gradflow.experiments.pascanu2013",
     "init_study": "gradflow.experiments.init_study",
     "mitigations": "gradflow.experiments.mitigations",

@@ -1,0 +1,646 @@
+"""Mean-field signal propagation laid over finite networks (Poole et al. 2016; Schoenholz et al.
+2017; Pennington, Schoenholz & Ganguli 2017).
+
+(a) tanh phase diagram: log χ₁ over (σ_w², σ_b²) with the edge of chaos, and the per-layer growth
+    of ‖∂h_L/∂h_1‖ measured in finite MLPs on a coarse grid drawn over it as contours;
+(b) q^l and c^l through depth: the length and correlation maps against width-512 networks;
+(c) singular values of ∂h_L/∂h_1 at criticality: tanh and ReLU nets with Gaussian or orthogonal
+    weights against the free-probability prediction (dynamical isometry);
+(d) the correlation depth scale ξ_c against σ_w², with Schoenholz et al.'s trainable depth 6 ξ_c.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradflow import init, jacobians, meanfield, models, theory
+from gradflow.chain import trajectory
+from gradflow.experiments import _io
+
+NAME = "meanfield"
+DESCRIPTION = (
+    "tanh phase diagram, q/c maps vs finite nets, Jacobian spectra vs free probability, ξ_c"
+)
+
+SIGMA_B2 = 0.05  # Schoenholz et al. 2017 draw their tanh experiments at σ_b² = 0.05
+
+
+class Settings(NamedTuple):
+    grid: int  # theory phase diagram is grid × grid
+    sw2_range: tuple[float, float]
+    sb2_range: tuple[float, float]
+    measured_sw2: tuple[float, ...]  # coarse grid of finite networks for (a)
+    measured_sb2: tuple[float, ...]
+    chi_width: int
+    chi_depth: int
+    chi_seeds: int
+    prop_width: int  # (b)
+    prop_depth: int
+    prop_seeds: int
+    spec_width: int  # (c)
+    spec_depth: int
+    spec_seeds: int
+    tanh_q_star: float
+    xi_points: int  # (d)
+
+
+def settings(full: bool) -> Settings:
+    if full:
+        return Settings(
+            grid=256,
+            sw2_range=(0.5, 4.0),
+            sb2_range=(0.0, 0.5),
+            measured_sw2=tuple(np.linspace(0.75, 3.75, 13)),
+            measured_sb2=tuple(np.linspace(0.0, 0.45, 10)),
+            chi_width=256,
+            chi_depth=48,
+            chi_seeds=4,
+            prop_width=512,
+            prop_depth=40,
+            prop_seeds=8,
+            spec_width=512,
+            spec_depth=32,
+            spec_seeds=8,
+            tanh_q_star=0.1,
+            xi_points=400,
+        )
+    return Settings(
+        grid=96,
+        sw2_range=(0.5, 4.0),
+        sb2_range=(0.0, 0.5),
+        measured_sw2=(1.0, 1.5, 2.0, 2.5, 3.0, 3.5),
+        measured_sb2=(0.0, 0.15, 0.3, 0.45),
+        chi_width=128,
+        chi_depth=24,
+        chi_seeds=2,
+        prop_width=512,
+        prop_depth=24,
+        prop_seeds=3,
+        spec_width=256,
+        spec_depth=16,
+        spec_seeds=4,
+        tanh_q_star=0.1,
+        xi_points=160,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) phase diagram
+
+
+def phase_diagram(st: Settings) -> dict:
+    """Theory: log χ₁ on the grid (one jitted call) and the critical line σ_w²*(σ_b²)."""
+    sw2 = jnp.linspace(*st.sw2_range, st.grid)
+    sb2 = jnp.linspace(*st.sb2_range, st.grid)
+    grid = jax.jit(lambda a, b: meanfield.chi1("tanh", a[None, :], b[:, None]))
+    log_chi1 = np.log(np.asarray(grid(sw2, sb2)))  # (σ_b², σ_w²): rows are σ_b²
+    line_sb2 = jnp.linspace(*st.sb2_range, 64)
+    line_sw2 = meanfield.critical_sigma_w2("tanh", line_sb2)
+    return {
+        "sigma_w2": np.asarray(sw2),
+        "sigma_b2": np.asarray(sb2),
+        "log_chi1": log_chi1,
+        "critical_sigma_b2": np.asarray(line_sb2),
+        "critical_sigma_w2": np.asarray(line_sw2),
+    }
+
+
+def measured_log_chi1(st: Settings, key) -> dict:
+    """Per-layer log growth of ‖∂h_L/∂h_1‖_F² / n in tanh MLPs on the coarse (σ_w², σ_b²) grid.
+
+    E‖J v‖² = χ₁ ‖v‖² for each layer's Jacobian J, so (2/K)·log(‖P‖_F/√n) over a product P of K
+    layers estimates log χ₁. Inputs are scaled so that q^1 = q*: the estimate then measures χ₁
+    at the fixed point rather than along the transient of the length map. Weights are drawn
+    once per seed with σ = 1 and scaled (see :func:`_scaled`), so one jitted map covers the grid.
+    """
+    n, depth = st.chi_width, st.chi_depth
+    model = models.MLP(
+        width=n,
+        depth=depth,
+        activation="tanh",
+        kernel_init=init.gaussian(1.0),
+        bias_init=init.gaussian_bias(1.0),
+    )
+    sw, sb = np.meshgrid(np.sqrt(st.measured_sw2), np.sqrt(st.measured_sb2))
+    q_star = np.asarray(meanfield.q_star("tanh", jnp.asarray(sw**2), jnp.asarray(sb**2)))
+    # ‖x‖²/n = (q* − σ_b²)/σ_w² puts the first pre-activations at q*.
+    in_scale = np.sqrt(np.maximum(q_star - sb**2, 0.0) / sw**2)
+    configs = jnp.stack([sw.ravel(), sb.ravel(), in_scale.ravel()], axis=1)
+    keys = jax.random.split(key, st.chi_seeds)
+
+    def one(config, k):
+        kx, kp = jax.random.split(k)
+        s_w, s_b, s_x = config
+        x = jax.random.normal(kx, (n,))
+        x = s_x * jnp.sqrt(n) * x / jnp.linalg.norm(x)
+        params = model.init(kp, x)
+        products = jacobians.backward_products(model.chain(_scaled(params, s_w, s_b), x))
+        return 2.0 * (products.log_norm[0] - 0.5 * jnp.log(n)) / (depth - 1)
+
+    per_config = lambda c: jax.vmap(lambda k: one(c, k))(keys)  # noqa: E731
+    est = jax.jit(lambda cs: jax.lax.map(per_config, cs, batch_size=8))(configs)
+    est = np.asarray(est).reshape(len(st.measured_sb2), len(st.measured_sw2), st.chi_seeds)
+    theory_at = np.log(np.asarray(meanfield.chi1("tanh", jnp.asarray(sw**2), jnp.asarray(sb**2))))
+    return {"sigma_w2": sw**2, "sigma_b2": sb**2, "log_chi1": est, "theory_log_chi1": theory_at}
+
+
+def _phase_figure(pd: dict, meas: dict, st: Settings):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.2, 5.6))
+    vmax = float(np.max(np.abs(pd["log_chi1"])))
+    extent = (*st.sw2_range, *st.sb2_range)
+    im = ax.imshow(
+        pd["log_chi1"],
+        origin="lower",
+        extent=extent,
+        aspect="auto",
+        cmap="RdBu_r",
+        vmin=-vmax,
+        vmax=vmax,
+        interpolation="bilinear",
+    )
+    cb = fig.colorbar(im, ax=ax, pad=0.02)
+    cb.set_label(r"$\log\chi_1$  (mean field)")
+    levels = [-0.6, -0.4, -0.2, 0.2]
+    cs = ax.contour(
+        pd["sigma_w2"], pd["sigma_b2"], pd["log_chi1"], levels=levels, colors="k", linewidths=0.7
+    )
+    ax.clabel(cs, fmt="%.1f", fontsize=7)
+    ax.plot(
+        pd["critical_sigma_w2"],
+        pd["critical_sigma_b2"],
+        color="k",
+        lw=2.4,
+        label=r"edge of chaos $\chi_1 = 1$",
+    )
+    med = np.median(meas["log_chi1"], axis=-1)
+    cm = ax.contour(
+        meas["sigma_w2"],
+        meas["sigma_b2"],
+        med,
+        levels=sorted([*levels, 0.0]),
+        colors="gold",
+        linewidths=1.6,
+        linestyles="--",
+    )
+    ax.clabel(cm, fmt="%.1f", fontsize=7, colors="darkgoldenrod")
+    ax.plot(
+        meas["sigma_w2"].ravel(),
+        meas["sigma_b2"].ravel(),
+        "o",
+        ms=3,
+        color="dimgray",
+        label=f"finite nets (width {st.chi_width}, depth {st.chi_depth})",
+    )
+    ax.plot(
+        [],
+        [],
+        "--",
+        color="gold",
+        lw=1.6,
+        label=r"measured $\frac{2}{L}\log\|\partial h_L/\partial h_1\|_F/\sqrt{n}$",
+    )
+    ax.plot([], [], "-", color="k", lw=0.7, label=r"theory contours of $\log\chi_1$")
+    ax.text(0.6, 0.46, "ordered\n(gradients vanish)", color="navy", fontsize=10, va="top")
+    ax.text(3.1, 0.04, "chaotic\n(gradients explode)", color="darkred", fontsize=10)
+    ax.set_xlabel(r"weight variance $\sigma_w^2$")
+    ax.set_ylabel(r"bias variance $\sigma_b^2$")
+    ax.set_title(r"tanh phase diagram: $\chi_1 = \sigma_w^2\,\mathbb{E}[\phi'(\sqrt{q^*}z)^2]$")
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) q^l and c^l through depth
+
+
+PROPAGATION = (("ordered", 1.2), ("critical", None), ("chaotic", 3.0))
+STARTS = ((3.0, 0.1), (0.2, 0.9))  # (q^1, c^1) of two kinds of input pair
+PAIRS = 4  # input pairs of each kind per network: one network's c^l wanders (its fluctuations
+# are correlated over ~ξ_c layers), so several pairs and seeds are needed for a clean mean
+
+
+def _input_pairs(starts, d, sigma_w2, sigma_b2, key) -> jax.Array:
+    """Pairs of inputs (rows 2i, 2i+1) whose first pre-activations have length/correlation
+    ``starts[i]``; shape (2 · len(starts), d)."""
+    basis = np.linalg.qr(np.asarray(jax.random.normal(key, (d, 2 * len(starts)))))[0].T
+    rows = []
+    for i, (q1, c1) in enumerate(starts):
+        r2 = (q1 - sigma_b2) / sigma_w2  # ‖x‖²/d giving σ_w² ‖x‖²/d + σ_b² = q1
+        cin = (c1 * q1 - sigma_b2) / (sigma_w2 * r2)
+        a, b = basis[2 * i], basis[2 * i + 1]
+        scale = math.sqrt(r2 * d)
+        rows += [scale * a, scale * (cin * a + math.sqrt(1 - cin * cin) * b)]
+    return jnp.asarray(np.stack(rows), jnp.float32)
+
+
+def _scaled(params, sigma_w, sigma_b):
+    """Multiplies every kernel by σ_w and every bias by σ_b.
+
+    Parameters drawn with ``init.gaussian(1.0)`` / ``init.gaussian_bias(1.0)`` and scaled are
+    exactly those of ``init.gaussian(σ_w)`` / ``init.gaussian_bias(σ_b)`` with the same key (all
+    draw σ · N(0, 1)); scaling inside one jitted function lets a single compilation cover every
+    (σ_w, σ_b) of a figure instead of one per value.
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf * (sigma_w if path[-1].key == "kernel" else sigma_b), params
+    )
+
+
+def signal_propagation(st: Settings, key) -> dict:
+    """Measured and predicted (q^l, c^l), l = 1 … depth, for three σ_w² at σ_b² = 0.05."""
+    n, depth = st.prop_width, st.prop_depth
+    sw2s = [
+        float(meanfield.critical_sigma_w2("tanh", SIGMA_B2)) if v is None else v
+        for _, v in PROPAGATION
+    ]
+    model = models.MLP(
+        width=n,
+        depth=depth,
+        activation="tanh",
+        kernel_init=init.gaussian(1.0),
+        bias_init=init.gaussian_bias(1.0),
+    )
+    kx, kp = jax.random.split(key)
+    xs = jnp.stack(
+        [
+            _input_pairs(STARTS * PAIRS, 64, v, SIGMA_B2, jax.random.fold_in(kx, i))
+            for i, v in enumerate(sw2s)
+        ]
+    )
+
+    def one(sw2, x, k):
+        params = _scaled(model.init(k, x), jnp.sqrt(sw2), math.sqrt(SIGMA_B2))
+        hs = trajectory(model.chain(params, x))  # post-activations h_1 … h_L
+        p = params["params"]
+        z1 = x @ p["input"]["kernel"] + p["input"]["bias"][None, :]
+        zs = jnp.einsum("kbn,knm->kbm", hs[:-1], p["hidden"]["kernel"])
+        zs = zs + p["hidden"]["bias"][:, None, :]
+        z = jnp.concatenate([z1[None], zs])  # pre-activations of layers 1 … L
+        q = jnp.mean(z * z, axis=-1)  # (L, 2P)
+        c = jnp.mean(z[:, 0::2] * z[:, 1::2], axis=-1) / jnp.sqrt(q[:, 0::2] * q[:, 1::2])
+        return q, c
+
+    keys = jax.random.split(kp, st.prop_seeds)
+    per_sigma = jax.vmap(lambda sw2, x: jax.vmap(lambda k: one(sw2, x, k))(keys))
+    q_all, c_all = jax.jit(per_sigma)(jnp.asarray(sw2s), xs)
+    q0 = jnp.array([s[0] for s in STARTS])
+    c0 = jnp.array([s[1] for s in STARTS])
+    kinds = len(STARTS)
+    out = {}
+    for i, ((label, _), sw2) in enumerate(zip(PROPAGATION, sw2s)):
+        q_th, c_th = meanfield.c_layers("tanh", sw2, SIGMA_B2, q0, c0, depth - 1)
+        q = np.asarray(q_all[i]).reshape(st.prop_seeds, depth, PAIRS, kinds, 2)
+        c = np.asarray(c_all[i]).reshape(st.prop_seeds, depth, PAIRS, kinds)
+        out[label] = {
+            "sigma_w2": sw2,
+            # samples (seeds × pairs) first: q (S, L, kinds) averaged over a pair's two inputs
+            "q": q.mean(-1).transpose(0, 2, 1, 3).reshape(-1, depth, kinds),
+            "c": c.transpose(0, 2, 1, 3).reshape(-1, depth, kinds),
+            "q_theory": np.asarray(q_th),  # (L, P)
+            "c_theory": np.asarray(c_th),
+            "q_star": float(meanfield.q_star("tanh", sw2, SIGMA_B2)),
+            "c_star": float(meanfield.c_star("tanh", sw2, SIGMA_B2)),
+        }
+    return out
+
+
+def _propagation_figure(prop: dict, st: Settings):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    colors = {"ordered": "tab:blue", "critical": "k", "chaotic": "tab:red"}
+    styles = ("-", "--")
+    layers = np.arange(1, st.prop_depth + 1)
+    for label, r in prop.items():
+        col = colors[label]
+        for i in range(len(STARTS)):
+            q, c = r["q"][:, :, i], r["c"][:, :, i]  # (samples, L)
+            axes[0].plot(layers, r["q_theory"][:, i], styles[i], color=col, lw=1.4)
+            axes[0].errorbar(
+                layers,
+                q.mean(0),
+                yerr=q.std(0, ddof=1),
+                fmt="o",
+                ms=3,
+                color=col,
+                capsize=2,
+                lw=0.8,
+            )
+            axes[1].plot(layers, r["c_theory"][:, i], styles[i], color=col, lw=1.4)
+            axes[1].errorbar(
+                layers,
+                c.mean(0),
+                yerr=c.std(0, ddof=1),
+                fmt="o",
+                ms=3,
+                color=col,
+                capsize=2,
+                lw=0.8,
+            )
+        axes[0].plot([], [], "-", color=col, label=rf"{label}: $\sigma_w^2$ = {r['sigma_w2']:.3g}")
+    axes[0].plot(
+        [],
+        [],
+        "o",
+        color="gray",
+        label=f"width-{st.prop_width} nets (mean ± sd, {st.prop_seeds} seeds × {PAIRS} pairs)",
+    )
+    axes[0].plot([], [], "-", color="gray", label="mean-field maps")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("layer l")
+    axes[0].set_ylabel(r"length $q^l = \frac{1}{n}\|z^l\|^2$")
+    axes[0].set_title(
+        r"Length map $q^{l+1} = \sigma_w^2\,\mathbb{E}\phi(\sqrt{q^l}z)^2 + \sigma_b^2$"
+    )
+    axes[0].legend(fontsize=7.5, loc="center right")
+    axes[1].set_xlabel("layer l")
+    axes[1].set_ylabel(r"correlation $c^l$ of two inputs")
+    axes[1].set_title(r"Correlation map: $c^l \to c^*$ ($c^* = 1$ ordered, $< 1$ chaotic)")
+    axes[1].set_ylim(-0.05, 1.05)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        rf"tanh, $\sigma_b^2$ = {SIGMA_B2}: two input pairs (solid: $q^1$ = {STARTS[0][0]}, "
+        rf"$c^1$ = {STARTS[0][1]}; dashed: $q^1$ = {STARTS[1][0]}, $c^1$ = {STARTS[1][1]})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) Jacobian spectra at criticality
+
+
+def _spectrum_nets(st: Settings):
+    """(label, activation, σ_w², σ_b², input length q^1, D² atoms) of the four critical networks."""
+    sw2_t, sb2_t = (float(v) for v in meanfield.critical_point("tanh", st.tanh_q_star))
+    d2_tanh = theory.gaussian_d2("tanh", st.tanh_q_star)
+    d2_relu = theory.bernoulli_d2(0.5)
+    return [
+        ("tanh", "tanh", sw2_t, sb2_t, st.tanh_q_star, d2_tanh),
+        ("ReLU", "relu", 2.0, 0.0, 1.0, d2_relu),
+    ]
+
+
+def jacobian_spectra(st: Settings, key) -> dict:
+    """Squared singular values of ∂h_L/∂h_1 for critical tanh/ReLU nets, measured and predicted."""
+    n, depth = st.spec_width, st.spec_depth
+    steps = depth - 1
+    out = {}
+    for act_label, act, sw2, sb2, q1, (d2v, d2w) in _spectrum_nets(st):
+        for weights in theory.WEIGHTS:
+            kinit = init.gaussian(1.0) if weights == "gaussian" else init.orthogonal(1.0)
+            model = models.MLP(
+                width=n,
+                depth=depth,
+                activation=act,
+                kernel_init=kinit,
+                bias_init=init.gaussian_bias(1.0),
+            )
+
+            def one(k, model=model, sw2=sw2, sb2=sb2, q1=q1):
+                kx, kp = jax.random.split(k)
+                x = jax.random.normal(kx, (n,))
+                x = x * jnp.sqrt((q1 - sb2) / sw2 * n) / jnp.linalg.norm(x)  # q^1 = q1
+                params = _scaled(model.init(kp, x), math.sqrt(sw2), math.sqrt(sb2))
+                products = jacobians.backward_products(model.chain(params, x))
+                # Only the full product ∂h_L/∂h_1 is needed: one SVD, not one per partial product.
+                sv = jnp.linalg.svd(products.unit[0], compute_uv=False)
+                return 2.0 * (jnp.log(sv) + products.log_norm[0])  # log λ, (n,)
+
+            keys = jax.random.split(jax.random.fold_in(key, len(out)), st.spec_seeds)
+            # lax.map, not vmap: batched LAPACK calls (the orthogonal init's QR, the SVD) are
+            # slow on CPU, and one network at a time also bounds the memory.
+            log_lam = np.asarray(jax.jit(lambda ks, f=one: jax.lax.map(f, ks))(keys)).ravel()
+            grid = np.geomspace(1e-6, 1e3, 500)
+            pred = theory.jacobian_spectrum(
+                grid, steps, d2_values=d2v, d2_weights=d2w, sigma_w2=sw2, weights=weights
+            )
+            # float32 products resolve λ down to ~(n·eps)² of the largest; below that they are
+            # rounding (ReLU's exact zeros land there).
+            floor = np.max(log_lam) + 2 * np.log(n * np.finfo(np.float32).eps)
+            out[f"{act_label}/{weights}"] = {
+                "log_lambda": log_lam,
+                "resolved": log_lam > floor,
+                "grid": grid,
+                "density": pred.density,
+                "atom_at_zero": pred.atom_at_zero,
+                "mean": pred.mean,
+                "variance": pred.variance,
+                "sigma_w2": sw2,
+                "sigma_b2": sb2,
+            }
+    return out
+
+
+def _spectra_figure(spec: dict, st: Settings):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), sharey=True)
+    colors = {"gaussian": "tab:orange", "orthogonal": "tab:blue"}
+    for ax, act in zip(axes, ("tanh", "ReLU")):
+        for weights in theory.WEIGHTS:
+            r = spec[f"{act}/{weights}"]
+            log10 = r["log_lambda"][r["resolved"]] / np.log(10)
+            frac = r["resolved"].mean()
+            measured_var = np.exp(r["log_lambda"]).var()
+            bins = np.linspace(-6, 3, 91)
+            hist, edges = np.histogram(log10, bins=bins, density=True)
+            centers = 0.5 * (edges[1:] + edges[:-1])
+            ax.step(
+                centers,
+                hist * frac,
+                where="mid",
+                color=colors[weights],
+                alpha=0.8,
+                lw=1.2,
+                label=f"{weights} weights: finite nets (var λ = {measured_var:.2g})",
+            )
+            # density of log10 λ is λ ln10 ρ(λ); continuous part only
+            ax.plot(
+                np.log10(r["grid"]),
+                r["grid"] * np.log(10) * r["density"],
+                color=colors[weights],
+                lw=2.2,
+                alpha=0.9,
+                ls="--",
+                label=f"{weights}: free probability (var λ = {r['variance']:.2g})",
+            )
+        r = spec[f"{act}/gaussian"]
+        title = (
+            rf"{act} at criticality: $\sigma_w^2$ = {r['sigma_w2']:.3g}, $\sigma_b^2$ = "
+            rf"{r['sigma_b2']:.3g}"
+        )
+        if act == "ReLU":
+            title += "\n(atom of mass ½ at λ = 0 not shown)"
+        else:
+            title += rf", $q^*$ = {st.tanh_q_star:g}"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(
+            r"$\log_{10}\lambda$, $\lambda$ = squared singular value of $\partial h_L/\partial h_1$"
+        )
+        ax.set_yscale("log")
+        ax.set_ylim(1e-3, 50)
+        ax.set_xlim(-6, 3)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(r"density of $\log_{10}\lambda$")
+    fig.suptitle(
+        f"Dynamical isometry: L = {st.spec_depth - 1} layers, width {st.spec_width}, "
+        f"{st.spec_seeds} seeds",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) depth scales
+
+
+XI_SIGMA_B2 = (0.01, 0.05, 0.3)
+
+
+def depth_scales(st: Settings) -> dict:
+    sw2 = jnp.linspace(0.5, 4.0, st.xi_points)
+    out = {"sigma_w2": np.asarray(sw2)}
+    for sb2 in XI_SIGMA_B2:
+        out[f"xi_c/{sb2}"] = np.asarray(meanfield.xi_c("tanh", sw2, sb2))
+        out[f"xi_q/{sb2}"] = np.asarray(meanfield.xi_q("tanh", sw2, sb2))
+        out[f"critical/{sb2}"] = float(meanfield.critical_sigma_w2("tanh", sb2))
+    return out
+
+
+def _depth_figure(xi: dict):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.2, 5.0))
+    colors = ("tab:green", "k", "tab:purple")
+    sw2 = xi["sigma_w2"]
+    for sb2, col in zip(XI_SIGMA_B2, colors):
+        xc = np.where(np.isfinite(xi[f"xi_c/{sb2}"]), xi[f"xi_c/{sb2}"], np.nan)
+        ax.plot(sw2, xc, color=col, lw=1.8, label=rf"$\xi_c$, $\sigma_b^2$ = {sb2}")
+        ax.plot(
+            sw2,
+            6 * xc,
+            color=col,
+            lw=1.0,
+            ls="--",
+            label=rf"$6\xi_c$ (trainable depth), $\sigma_b^2$ = {sb2}",
+        )
+        ax.plot(sw2, xi[f"xi_q/{sb2}"], color=col, lw=0.9, ls=":")
+        ax.axvline(xi[f"critical/{sb2}"], color=col, lw=0.6, alpha=0.6)
+    mid = np.where(np.isfinite(xi[f"xi_c/{SIGMA_B2}"]), xi[f"xi_c/{SIGMA_B2}"], np.nan)
+    ax.fill_between(
+        sw2,
+        1,
+        6 * mid,
+        color="gray",
+        alpha=0.12,
+        label=rf"trainable region $L < 6\xi_c$ ($\sigma_b^2$ = {SIGMA_B2})",
+    )
+    ax.plot([], [], ":", color="gray", label=r"$\xi_q$ (length depth scale)")
+    ax.set_yscale("log")
+    ax.set_ylim(0.5, 3e3)
+    ax.set_xlabel(r"weight variance $\sigma_w^2$")
+    ax.set_ylabel("depth (layers)")
+    ax.set_title(
+        r"Depth scales of tanh networks: $\xi_c^{-1} = -\log\chi_c$ diverges on the "
+        "edge of chaos (vertical lines)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7.5, ncol=2, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run(out_dir, *, full: bool = False) -> dict:
+    """Writes figures (a)–(d) and their numbers to ``out_dir/meanfield``; returns a summary."""
+    out = Path(out_dir) / NAME
+    st = settings(full)
+    key = jax.random.key(0)
+    k_chi, k_prop, k_spec = jax.random.split(key, 3)
+
+    pd = phase_diagram(st)
+    meas = measured_log_chi1(st, k_chi)
+    _io.save_npz(pd | {f"measured_{k}": v for k, v in meas.items()}, out / "phase_diagram.npz")
+    _io.save_figure(_phase_figure(pd, meas, st), out / "phase_diagram.png")
+
+    prop = signal_propagation(st, k_prop)
+    _io.save_npz(
+        {f"{label}/{k}": v for label, r in prop.items() for k, v in r.items()},
+        out / "signal_propagation.npz",
+    )
+    _io.save_figure(_propagation_figure(prop, st), out / "signal_propagation.png")
+
+    spec = jacobian_spectra(st, k_spec)
+    _io.save_npz(
+        {f"{label}/{k}": v for label, r in spec.items() for k, v in r.items()},
+        out / "jacobian_spectra.npz",
+    )
+    _io.save_figure(_spectra_figure(spec, st), out / "jacobian_spectra.png")
+
+    xi = depth_scales(st)
+    _io.save_npz(xi, out / "depth_scales.npz")
+    _io.save_figure(_depth_figure(xi), out / "depth_scales.png")
+
+    med = np.median(meas["log_chi1"], axis=-1)
+    summary = {
+        "settings": st._asdict(),
+        "critical_sigma_w2_at_sigma_b2_0.05": float(meanfield.critical_sigma_w2("tanh", SIGMA_B2)),
+        "phase_diagram": {
+            "grid": st.grid,
+            "measured_vs_theory_log_chi1_rms": float(
+                np.sqrt(np.mean((med - meas["theory_log_chi1"]) ** 2))
+            ),
+            "measured_vs_theory_log_chi1_max_abs": float(
+                np.max(np.abs(med - meas["theory_log_chi1"]))
+            ),
+        },
+        "signal_propagation": {
+            label: {
+                "sigma_w2": r["sigma_w2"],
+                "q_star": r["q_star"],
+                "c_star": r["c_star"],
+                "q_last_layer_measured": r["q"][:, -1].mean(axis=0).tolist(),
+                "c_last_layer_measured": r["c"][:, -1].mean(axis=0).tolist(),
+                "c_last_layer_theory": r["c_theory"][-1].tolist(),
+            }
+            for label, r in prop.items()
+        },
+        "jacobian_spectra": {
+            label: {
+                "predicted_mean": r["mean"],
+                "predicted_variance": r["variance"],
+                "measured_mean": float(np.exp(r["log_lambda"]).mean()),
+                "measured_variance": float(np.exp(r["log_lambda"]).var()),
+                "fraction_zero": float(1 - r["resolved"].mean()),
+            }
+            for label, r in spec.items()
+        },
+        "depth_scales": {
+            f"xi_c_at_sigma_w2={s}": float(np.interp(s, xi["sigma_w2"], xi[f"xi_c/{SIGMA_B2}"]))
+            for s in (1.0, 1.5, 2.5, 3.5)
+        },
+    }
+    _io.save_json(summary, out / "summary.json")
+    return summary
