@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import sys
@@ -130,11 +131,17 @@ def _matmul_rate(n: int, repeats: int, dev: str) -> dict:
     )
 
 
-def _timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn) -> tuple[float, object, float]:
+    """(wall seconds, result, CPU seconds of this process) of one call."""
+    c0, t0 = _cpu(), time.perf_counter()
     out = fn()
     C.block(out)
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, out, _cpu() - c0
 
 
 def run(quick: bool = False, sizes: dict | None = None) -> list[dict]:
@@ -226,7 +233,7 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
     try:
         for name, (fn, n, _) in impls.items():  # first calls: compile, then check
             try:
-                first[name], out = _timed(fn)
+                first[name], out, _ = _timed(fn)
                 if ref is None:
                     ref = np.asarray(out)  # the jitted loop is the reference
                     checks[name] = {"passed": True, "reference": True}
@@ -236,9 +243,12 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
                 failed[name] = exc
                 _log(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
         times = {name: [] for name in impls if name not in failed}
+        cpu = {name: [] for name in times}
         for _ in range(repeats):
             for name in times:
-                times[name].append(_timed(impls[name][0])[0])
+                wall, _, cpu_s = _timed(impls[name][0])
+                times[name].append(wall)
+                cpu[name].append(cpu_s)
         layout = json.loads((tmp / "run0" / sw.MANIFEST).read_text())["shapes"]["0"]
         store_bytes = sum(f.stat().st_size for f in (tmp / "run0").rglob("*") if f.is_file())
     finally:
@@ -256,6 +266,9 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
             "median_s": med,
             "min_s": best,
             "times_s": times[name],
+            # CPU seconds this process used per call: less sensitive than wall time to other
+            # processes on a shared machine (though not to lost parallelism)
+            "cpu_s": statistics.median(cpu[name]),
             "repeats": repeats,
             "first_call_s": first[name],
             "check": checks[name],

@@ -91,7 +91,7 @@ def settings(full: bool) -> Settings:
         )
     return Settings(
         width=64,
-        depths=(5, 10, 15, 20, 30),
+        depths=(5, 10, 15, 30),  # each depth is a compile per family: the CPU budget
         seeds=8,
         batch=16,
         heat_depth=15,
