@@ -55,7 +55,7 @@ SIZES = {
         "b": {"width": 256, "depth": 50, "batch": 256},
         "c": {"width": 128, "steps": 300, "input_dim": 16},
         "d": {"grid": 64, "depth": 100},
-        "e_check": {"width": 512, "steps": 50, "k": 4, "num_iters": 32},
+        "e_check": {"width": 256, "steps": 50, "k": 4, "num_iters": 32},
         "e_big": {"width": 8192, "steps": 50, "k": 4, "num_iters": 24},
         "repeats": 3,
     },
