@@ -301,7 +301,7 @@ def test_phase_diagram_grid_is_one_jitted_call_and_matches_vmap():
     "fn",
     [
         mf.c_star,
-        mf.xi_c,
+        pytest.param(mf.xi_c, marks=pytest.mark.slow),
         pytest.param(mf.q_star, marks=pytest.mark.slow),
         pytest.param(mf.chi_c, marks=pytest.mark.slow),
         pytest.param(mf.xi_q, marks=pytest.mark.slow),
@@ -484,6 +484,7 @@ def test_init_critical_scale_and_errors(key):
 
 
 # --- the experiment -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_experiment_measured_chi1_tracks_the_theory():
     # Tiny version of figure (a): finite-net estimates of log χ₁ at four points of the phase
     # diagram. Width 64, depth 12: the estimator's spread is ~0.05 (measured over seeds), so the

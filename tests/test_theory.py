@@ -124,7 +124,10 @@ def _relu_jacobian_eigenvalues(depth, weights, n=256, draws=5, seed=0):
             if weights == "gaussian":
                 w = rng.normal(0, math.sqrt(2 / n), (n, n))
             else:
-                w = math.sqrt(2) * np.linalg.qr(rng.normal(size=(n, n)))[0]
+                # Haar orthogonal from JAX (NumPy's LAPACK QR is pathologically slow on a busy
+                # shared machine); seeded from the NumPy generator for reproducibility.
+                key = jax.random.key(int(rng.integers(2**31)))
+                w = math.sqrt(2) * np.asarray(jax.random.orthogonal(key, n), np.float64)
             j = (rng.random(n) < 0.5)[:, None] * (w @ j)
         out.append(np.linalg.svd(j, compute_uv=False) ** 2)
     return np.concatenate(out)
