@@ -85,9 +85,10 @@ class Divergence(NamedTuple):
     Attributes:
       diverged: bool, whether any step diverged.
       step: int, the first divergent step (−1 if none). Its update was not applied.
-      layer: int, the layer where it started (−1 if none or if only the loss was non-finite): the
-        first layer in back-propagation order (readout first, input layer last) whose gradient norm
-        was non-finite or above ``max_grad_norm``.
+      layer: int, the layer where it started: the first layer in back-propagation order (readout
+        first, input layer last) whose gradient norm was non-finite or above ``max_grad_norm``;
+        −1 if none, or if the forward pass overflowed so that every layer's gradient is
+        non-finite and none can be singled out.
       loss_finite: bool, whether the loss itself was finite at that step (False means the forward
         pass overflowed, so every gradient is suspect).
       layer_grad_norms: ``(L,)`` the per-layer gradient norms at that step (zeros if none).
@@ -182,8 +183,15 @@ def rprop(learning_rate, *, clip_norm=None, **kwargs):
 
 
 def _rows_norm(tree):
-    """Euclidean norm of each example's state: leaves ``(…, n)`` -> ``(…)`` (summed over leaves)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x), axis=-1) for x in jax.tree_util.tree_leaves(tree)))
+    """Euclidean norm of each example's state: leaves ``(…, n)`` -> ``(…)`` (summed over leaves).
+
+    The gradient at a zero vector is 0, not NaN (√ has an infinite slope at 0): Ω's ratio is a
+    norm of a vector that is exactly 0 once every unit saturates, and even α = 0 times a NaN
+    gradient would be reported as a divergence.
+    """
+    sq = sum(jnp.sum(jnp.square(x), axis=-1) for x in jax.tree_util.tree_leaves(tree))
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
 def _rows_normalize(tree):
@@ -392,6 +400,9 @@ def make_fit(
             bad_now = ~jnp.isfinite(loss) | jnp.any(bad) | ~jnp.all(jnp.isfinite(u))
             # Back-propagation visits the readout first: the started-layer is the last bad index.
             layer = jnp.max(jnp.where(bad, jnp.arange(g.shape[0], dtype=jnp.int32), -1))
+            # A forward overflow poisons every gradient alike: no layer can be singled out, and
+            # naming the readout (the last bad index) would point at the wrong end.
+            layer = jnp.where(~jnp.isfinite(loss) & jnp.all(bad), -1, layer)
             return new_params, new_state, (loss, bad_now, layer, g, u)
 
         def dead(_):
@@ -557,6 +568,8 @@ def fit(
             f"first in back-propagation order at layer {layer} (0 = input layer, "
             f"{norms.shape[0] - 1} = readout)"
             if layer >= 0
+            else "no single layer: every gradient is non-finite"
+            if not finite
             else "no layer's gradient norm was bad"
         )
         raise DivergenceError(

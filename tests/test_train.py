@@ -121,6 +121,20 @@ def test_nan_detector_reports_planted_step_and_layer(key, plant_step, plant_laye
     assert np.all(np.isnan(h.loss[plant_step + 1 :]))
 
 
+def test_forward_overflow_names_no_layer(key):
+    """A NaN input at step 2 makes the loss and every gradient non-finite: layer −1, not the
+    readout (which the last-bad-index rule alone would name). (An infinite input would not do:
+    tanh saturates it, and only the input layer's gradient is non-finite — reported as layer 0.)"""
+    _, params, (x, y), loss = _mlp_problem(key)
+    x = x.at[2, 0, 0].set(jnp.nan)
+    with pytest.raises(train.DivergenceError) as info:
+        train.fit(loss, params, (x, y), optax.sgd(0.01))
+    err = info.value
+    assert (err.step, err.layer, err.loss_finite) == (2, -1, False)
+    assert np.all(~np.isfinite(np.asarray(err.result.divergence.layer_grad_norms)))
+    assert "no single layer" in str(err)
+
+
 def test_exploding_threshold_reports_first_layer_in_backprop_order(key):
     """With max_grad_norm, the reported layer is the last (closest to the readout) above it."""
     _, params, batches, loss = _mlp_problem(key)
@@ -261,6 +275,20 @@ def test_pascanu_regularizer_survives_vanished_errors_and_lstm_state(key):
     value, g = jax.value_and_grad(loss)(p, (u, jnp.zeros((3, 1))))
     assert np.isfinite(value) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
     assert float(jnp.abs(g["params"]["recurrent"]["kernel"]).sum()) > 0
+
+
+def test_pascanu_regularizer_gradient_is_finite_when_every_unit_saturates(key):
+    """Inputs of size ~1e3 drive every tanh unit to |x| > 10, where float32's tanh' is exactly 0:
+    every step after the first (which starts at x_0 = 0, where tanh' = 1) back-propagates the
+    zero vector, so Ω = (5·(0 − 1)² + (r_0 − 1)²)/6 ≥ 5/6, and its gradient must be finite, not
+    the NaN of √'(0) — even α = 0 times a NaN gradient would be reported as a divergence."""
+    model = gf.models.RNN(width=4, activation="tanh", input_init=gf.init.gaussian(1e3))
+    u = jax.random.normal(key, (2, 6, 3))
+    params = model.init(jax.random.key(3), u)
+    omega = lambda p: train.pascanu_regularizer(model.chain(p, u), lambda h: jnp.sum(h))
+    value, g = jax.value_and_grad(omega)(params)
+    assert float(value) >= 5 / 6 - 1e-6  # float32 rounding of the mean only
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
 
 
 def test_argument_errors(key):

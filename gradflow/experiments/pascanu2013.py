@@ -9,7 +9,8 @@ arXiv:1211.5063), the dynamical-systems half, with Doya 1993's one-neuron bifurc
     ``optax.clip_by_global_norm``; also the (w, b) surface with 2-D trajectories.
 (c) ``rnn_thresholds.png``: tanh and sigmoid RNNs, ‖∂x_T/∂x_0‖ and the top Lyapunov exponent
     against the spectral radius ρ and the largest singular value λ₁ of W_rec, 1/γ marked (§3.1:
-    λ₁ < 1/γ is sufficient for vanishing, ρ > 1/γ necessary for exploding).
+    λ₁ < 1/γ is sufficient for vanishing, λ₁ > 1/γ necessary for exploding; ρ ≤ λ₁, so the
+    theorem says nothing about ρ, and whether ρ < 1/γ also rules out explosion is measured here).
 (d) ``order_to_chaos.png``: Lyapunov spectra of an autonomous tanh RNN x ← W tanh(x),
     W ~ N(0, g²/n), for gains g from 0.5 to 3: the top exponent crosses 0 near g = 1.
 (e) ``lyapunov_newman.png``: finite-time QR exponents of Gaussian products converging to
@@ -682,7 +683,8 @@ def _rnn_section(out: Path, size: dict) -> dict:
             )
             if below.any()
             else None,
-            # and ρ > 1/γ is necessary for exploding (no run with ρ < 1/γ has λ_max > 0).
+            # λ₁ > 1/γ is the proven necessary condition; ρ ≤ λ₁, so whether ρ < 1/γ also
+            # excludes explosion is an empirical question, answered by this number.
             "max_top_exponent_with_rho_below_inv_gamma": float(
                 np.max(sw["top_exponent"][sw["rho"] < 1 / gamma])
             ),
