@@ -303,6 +303,24 @@ def test_phase_diagram_grid_is_one_jitted_call_and_matches_vmap():
     np.testing.assert_allclose(out[:3, 3], single, rtol=1e-5)
 
 
+def test_chunked_grid_path_matches_pointwise(monkeypatch):
+    """Grids above _CHUNK points go through lax.map over padded chunks (a 256×256 grid does);
+    with _CHUNK = 8, a 5×7 grid is 5 chunks with 5 padded lanes: every point, including the
+    last chunk's, must equal its own one-point evaluation (float32: same maths, 1e-5)."""
+    monkeypatch.setattr(mf, "_CHUNK", 8)
+    sw2, sb2 = jnp.linspace(0.7, 3.1, 5), jnp.linspace(0.01, 0.4, 7)
+    # Fresh shapes (5, 7) keep the jit cache from reusing an unchunked trace.
+    for fn in (mf.chi1, mf.q_star):
+        out = fn("tanh", sw2[:, None], sb2[None, :])
+        assert out.shape == (5, 7)
+        single = np.array([[fn("tanh", a, b) for b in sb2] for a in sw2])
+        np.testing.assert_allclose(out, single, rtol=1e-5)
+    # ReLU's closed form on the chunked path: q* = σ_b² / (1 − σ_w²/2) for σ_w² < 2.
+    sw2r = jnp.linspace(0.5, 1.9, 5)
+    q = mf.q_star("relu", sw2r[:, None], sb2[None, :])
+    np.testing.assert_allclose(q, sb2[None, :] / (1 - sw2r[:, None] / 2), rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "fn",
     [
