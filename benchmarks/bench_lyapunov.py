@@ -48,15 +48,33 @@ def tanh_rnn_chain(width: int, steps: int, *, gain: float = 1.5, key=None):
 
 
 _IMPLEMENTATIONS = {
-    "on_the_fly": lambda chain, k: lyapunov.lyapunov_spectrum(chain, k),
     "stored_jacobians": lambda chain, k: lyapunov.lyapunov_spectrum(
         jacobians.step_jacobians(chain), k
     ),
+    "on_the_fly": lambda chain, k: lyapunov.lyapunov_spectrum(chain, k),
 }
 
 
-def _measure(fn, chain, repeats: int) -> tuple[float, int, float]:
-    """(median run seconds, temp bytes, compile seconds) of ``jax.jit(fn)(chain)``."""
+# Agreement required between implementations before a time is recorded (a fast wrong answer is
+# not a result). Both take the same trajectory and QR-orthonormalise the same products, J_k Q by
+# jvp vs the stored J_k times Q, which differ by float32 rounding only; Oseledets' theorem makes the
+# exponents insensitive to such per-step perturbations, so they agree to ~1e-5 (measured).
+CHECK_ATOL = 1e-3
+
+
+def _check(name: str, got, want) -> float:
+    """Max |Δ| of ``got`` against ``want``; AssertionError past CHECK_ATOL."""
+    diff = float(jnp.max(jnp.abs(jnp.asarray(got) - jnp.asarray(want))))
+    if not diff <= CHECK_ATOL:
+        raise AssertionError(
+            f"{name}: exponents differ from the stored-Jacobian reference by {diff:.3g} "
+            f"(> {CHECK_ATOL}); not timing a wrong answer"
+        )
+    return diff
+
+
+def _measure(fn, chain, repeats: int) -> tuple[float, int, float, jax.Array]:
+    """(median run seconds, temp bytes, compile seconds, output) of ``jax.jit(fn)(chain)``."""
     # The chain's arrays are the jitted function's arguments (so they count as inputs, not as
     # temporaries); the Chain itself is rebuilt inside, because ``jit(...).lower(chain)`` would
     # re-run Chain.__post_init__ on placeholder leaves without a shape.
@@ -66,13 +84,13 @@ def _measure(fn, chain, repeats: int) -> tuple[float, int, float]:
     compiled = jax.jit(g).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     temp = int(compiled.memory_analysis().temp_size_in_bytes)
-    compiled(*args).block_until_ready()  # warm-up (allocations, thread pools)
+    out = compiled(*args).block_until_ready()  # warm-up (allocations, thread pools)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         compiled(*args).block_until_ready()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), temp, compile_s
+    return statistics.median(times), temp, compile_s, out
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -92,8 +110,13 @@ def run(quick: bool = False) -> list[dict]:
     repeats = 1 if quick else 3
     for steps in (100, 1000, 10_000):
         chain = tanh_rnn_chain(width, steps)
-        for name, impl in _IMPLEMENTATIONS.items():
-            median_s, temp, compile_s = _measure(lambda c, impl=impl: impl(c, None), chain, repeats)
+        reference = None
+        for name, impl in _IMPLEMENTATIONS.items():  # the stored-Jacobian reference first
+            median_s, temp, compile_s, out = _measure(
+                lambda c, impl=impl: impl(c, None), chain, repeats
+            )
+            reference = out if reference is None else reference
+            diff = _check(f"{name} T={steps}", out, reference)
             records.append(
                 {
                     "workload": f"lyapunov_memory_n{width}_T{steps}",
@@ -106,14 +129,24 @@ def run(quick: bool = False) -> list[dict]:
                     "steps": steps,
                     "k": width,
                     "jacobian_bytes": steps * width * width * 4,
+                    "max_abs_diff_vs_stored": diff,
                 }
             )
     width, steps = 256, (50 if quick else 1000)
     chain = tanh_rnn_chain(width, steps)
-    variants = [("on_the_fly", None), ("stored_jacobians", None), ("on_the_fly_top16", 16)]
+    variants = [("stored_jacobians", None), ("on_the_fly", None), ("on_the_fly_top16", 16)]
+    # The reference for each k is the stored-Jacobian run with the same k (untimed for k = 16):
+    # the exponents come back sorted, and over a finite T the full spectrum's sorted top 16 need
+    # not be the 16 Gram–Schmidt columns a top-16 run follows.
+    stored = _IMPLEMENTATIONS["stored_jacobians"]
+    references = {16: jax.jit(lambda c: stored(c, 16))(chain)}
     for name, k in variants:
         impl = _IMPLEMENTATIONS[name.removesuffix("_top16")]
-        median_s, temp, compile_s = _measure(lambda c, impl=impl, k=k: impl(c, k), chain, repeats)
+        median_s, temp, compile_s, out = _measure(
+            lambda c, impl=impl, k=k: impl(c, k), chain, repeats
+        )
+        references.setdefault(k, out)
+        diff = _check(f"{name} n={width} T={steps}", out, references[k])
         records.append(
             {
                 "workload": f"lyapunov_time_tanh_rnn_n{width}_T{steps}",
@@ -126,6 +159,7 @@ def run(quick: bool = False) -> list[dict]:
                 "steps": steps,
                 "k": k or width,
                 "jacobian_bytes": steps * width * width * 4,
+                "max_abs_diff_vs_stored": diff,
             }
         )
     return records

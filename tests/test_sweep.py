@@ -163,6 +163,22 @@ def test_compiles_once_per_shape(tmp_path):
     assert len(traces) == 8
 
 
+def test_memory_budget_sets_the_chunk_size(monkeypatch):
+    """batch_size = ⌊budget / bytes per config⌋, at least 1 and at most what the grid needs."""
+    s = toy_sweep()  # 24 batched configs per depth
+    ref = sw.run(s, batch_size=24, quiet=True)
+    # A real budget of 1 byte cannot hold one config: one config per chunk.
+    assert sw.run(s, memory_budget=1, quiet=True).manifest["shapes"]["0"]["n_chunks"] == 24
+    # With the per-config estimate pinned to 1000 bytes the arithmetic is exact.
+    monkeypatch.setattr(sw, "_per_config_bytes", lambda *a, **k: 1000)
+    for budget, batch, chunks in ((3500, 3, 8), (999, 1, 24), ("1GB", 24, 1)):
+        res = sw.run(s, memory_budget=budget, quiet=True)
+        layout = res.manifest["shapes"]["0"]
+        assert (layout["batch_size"], layout["n_chunks"]) == (batch, chunks), budget
+        for name in ref.names:  # float64; only the vmapped batch size differs
+            np.testing.assert_allclose(res[name].values, ref[name].values, rtol=1e-12)
+
+
 def test_resume_recomputes_only_missing_chunks(tmp_path):
     s = toy_sweep()
     full = sw.run(s, tmp_path, batch_size=4, quiet=True)
