@@ -79,6 +79,23 @@ def test_wrong_answer_is_never_timed():
     assert "check_failed" in md and "| — |" in md
 
 
+def test_timed_call_must_return_the_checked_answer():
+    # The bug this guards: closures set up for one size, timed after the names they read were
+    # rebound to another size's problem (workload e timed width 8192 as "width 256").
+    records, state = [], {"x": np.array([1.0, 2.0])}
+    group = bench_core._Group(records, 2, None)
+    check = lambda r: C.check_close("x", [1.0, 2.0], r, rtol=1e-6)  # noqa: E731
+    group.add(records, "w", "impl", "cpu", lambda: state["x"], repeats=2, check=check, extra={})
+    group.add(records, "w", "same", "cpu", lambda: np.array([1.0, 2.0]), repeats=2, check=check,
+              extra={})
+    state["x"] = np.array([1.0, 3.0])  # rebound after the check
+    bench_core._flush()
+    bad, good = records
+    assert bad["status"] == "check_failed" and bad["median_s"] is None
+    assert "different answer" in bad["reason"]
+    assert good["median_s"] is not None and good.get("status", "ok") == "ok"
+
+
 def test_group_times_passing_implementations_in_interleaved_rounds():
     order, records = [], []
     group = bench_core._Group(records, 3, None)
