@@ -226,7 +226,7 @@ def _quadrature_kernel(act: _act.Activation) -> _Kernel:
         # Given z1, u2 = μ + σ z2 with μ = √q2 c z1 and σ = √q2 s: the inner rule resolves φ on
         # the conditional spread σ and is centred on φ's bend u2 = 0, at z2 = −μ/σ. Centred at
         # z2 = 0 instead, its nodes are sparse there once σ is small against |μ| (measured for
-        # erf: 1e-3 relative error at q = 300, against 1e-9 centred).
+        # erf: 6e-3 relative error at q = 300, against 6e-13 centred).
         mu, sigma = jnp.sqrt(q2) * c * z1, jnp.sqrt(q2) * s
         centre = jnp.where(sigma > 0, -mu / jnp.where(sigma > 0, sigma, 1.0), 0.0)
         z2, w2 = _rule(q2 * s * s, _NODES_2D, centre)
