@@ -23,10 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+try:
+    from benchmarks import _common as C
+except ImportError:  # run as a script: put the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import _common as C
 
 from gradflow import init, jacobians, lyapunov, models
 
@@ -63,14 +71,10 @@ CHECK_ATOL = 1e-3
 
 
 def _check(name: str, got, want) -> float:
-    """Max |Δ| of ``got`` against ``want``; AssertionError past CHECK_ATOL."""
-    diff = float(jnp.max(jnp.abs(jnp.asarray(got) - jnp.asarray(want))))
-    if not diff <= CHECK_ATOL:
-        raise AssertionError(
-            f"{name}: exponents differ from the stored-Jacobian reference by {diff:.3g} "
-            f"(> {CHECK_ATOL}); not timing a wrong answer"
-        )
-    return diff
+    """Max |Δ| of ``got`` against ``want``; ``C.CheckFailed`` past CHECK_ATOL."""
+    return C.check_close(f"{name} exponents vs stored Jacobians", want, got, atol=CHECK_ATOL)[
+        "max_abs_err"
+    ]
 
 
 def _measure(fn, chain, repeats: int) -> tuple[float, int, float, jax.Array]:
