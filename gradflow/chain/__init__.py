@@ -1,0 +1,31 @@
+"""Chains of maps along depth and time, and the adapters that build them from any model.
+
+See :mod:`gradflow.chain.core` for the two forms (:class:`Chain`, :class:`Segmented`) and
+:mod:`gradflow.chain.adapters` for ``from_layers``, ``from_module``, ``from_cell``, ``from_nnx``.
+"""
+
+from gradflow.chain.core import (
+    Chain,
+    Layer,
+    Scan,
+    Segmented,
+    as_segmented,
+    final_state,
+    flat_step,
+    forward,
+    state_shapes,
+    trajectory,
+)
+
+__all__ = [
+    "Chain",
+    "Layer",
+    "Scan",
+    "Segmented",
+    "as_segmented",
+    "final_state",
+    "flat_step",
+    "forward",
+    "state_shapes",
+    "trajectory",
+]

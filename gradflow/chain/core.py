@@ -1,0 +1,385 @@
+"""The chain of maps h_{k+1} = step(θ_k, h_k, x_k), k = 0 … K−1, shared by depth and time.
+
+An MLP of depth L is a chain whose θ_k are stacked per-layer parameters and whose x_k are empty; an
+RNN unrolled over T steps is a chain whose θ is shared by every step and whose x_k are the inputs.
+Every analysis in gradflow (Jacobians, gradient norms, spectra, Lyapunov exponents) takes a chain,
+so "through depth" and "through time" are one code path.
+
+Two forms:
+
+- :class:`Chain`: K identically shaped steps, one ``lax.scan`` (the fast path; gradflow's own
+  models return this);
+- :class:`Segmented`: a sequence of segments, each either a :class:`Scan` (a run of identically
+  shaped steps, one ``lax.scan``) or a :class:`Layer` (one map of any shape: h' may have another
+  shape than h, so its Jacobian is rectangular). CNNs whose channel count changes and
+  embedding → blocks → head models are Segmented chains; the adapters in
+  :mod:`gradflow.chain.adapters` build them from Flax modules.
+
+Recompilation: the analyses are jitted with the chain as an argument. Its arrays (params, xs, h0)
+are traced, but the step functions (``Chain.step``, ``Scan.step``, ``Layer.fn``), names and lengths
+are static: a new Python function object (a fresh ``lambda`` or closure) compiles the analysis
+again, an equal one (same object, or an equal frozen dataclass, as the adapters build) reuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+__all__ = [
+    "Chain",
+    "Layer",
+    "Scan",
+    "Segmented",
+    "as_segmented",
+    "trajectory",
+    "final_state",
+    "flat_step",
+    "state_shapes",
+]
+
+StepFn = Callable[[Any, Any, Any], Any]
+
+
+def _check_stacked(owner: str, name: str, tree, length: int) -> None:
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != length:
+            raise ValueError(
+                f"{owner} {name} leaves must have a leading axis of length {length} "
+                f"(one slice per step), got shape {jnp.shape(leaf)}"
+            )
+
+
+def _check_length(owner: str, length) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ValueError(f"{owner} length must be an integer >= 0, got {length!r}")
+
+
+@struct.dataclass
+class Scan:
+    """A run of ``length`` identically shaped steps h_{k+1} = step(θ_k, h_k, x_k), one ``lax.scan``.
+
+    Attributes:
+      params: per-step parameters stacked on a leading axis of length ``length`` (or, with
+        ``shared``, one pytree used by every step).
+      xs: per-step inputs with a leading axis ``length``, or None.
+      step: ``step(theta, h, x) -> h_next`` with ``h_next`` shaped like ``h`` (static).
+      length: the number of steps (static).
+      shared: whether ``params`` is shared by every step (static).
+      name: the segment's name; step i is called ``f"{name}/{i}"`` (static).
+    """
+
+    params: Any
+    xs: Any
+    step: StepFn = struct.field(pytree_node=False)
+    length: int = struct.field(pytree_node=False)
+    shared: bool = struct.field(pytree_node=False, default=False)
+    name: str = struct.field(pytree_node=False, default="step")
+
+    def per_step(self) -> tuple[Any, Any]:
+        """The (θ_k, x_k) pytree scanned over, with a leading axis K where present."""
+        return (None if self.shared else self.params), self.xs
+
+    def step_at(self, h, per_step_slice):
+        """Applies one step given the slice ``(θ_k or None, x_k or None)`` of :meth:`per_step`."""
+        theta, x = per_step_slice
+        return self.step(self.params if self.shared else theta, h, x)
+
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}/{i}" for i in range(self.length))
+
+    def validate(self) -> Scan:
+        _check_length("Scan", self.length)
+        if not self.shared:
+            _check_stacked("Scan", "params", self.params, self.length)
+        if self.xs is not None:
+            _check_stacked("Scan", "xs", self.xs, self.length)
+        return self
+
+
+@struct.dataclass
+class Layer:
+    """One map h' = fn(params, h, x) of any shape (h' may have another shape than h).
+
+    Attributes:
+      params: the layer's parameters (any pytree, or None).
+      x: constant extra inputs (a mask, a flag array, …), not differentiated; or None.
+      fn: ``fn(params, h, x) -> h_next`` (static).
+      name: the layer's name (static).
+    """
+
+    params: Any
+    x: Any = None
+    fn: StepFn = struct.field(pytree_node=False, default=None)
+    name: str = struct.field(pytree_node=False, default="layer")
+
+    length = 1
+    shared = False
+
+    def step_names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def validate(self) -> Layer:
+        if not callable(self.fn):
+            raise TypeError(f"Layer fn must be callable, got {type(self.fn).__name__}")
+        return self
+
+
+@struct.dataclass
+class Chain:
+    """A chain of K identically shaped maps h_{k+1} = step(θ_k, h_k, x_k), one ``lax.scan``.
+
+    Attributes:
+      step: ``step(theta, h, x) -> h_next``, a pure function; ``h`` may be any pytree of arrays
+        (e.g. the (c, h) pair of an LSTM), and ``h_next`` has the same structure (static: see the
+        module docstring on recompilation).
+      params: the parameters. If ``shared`` is False, every leaf has a leading axis of length K
+        and step k receives the k-th slice; if True, every step receives the whole pytree.
+      xs: per-step inputs, a pytree whose leaves have a leading axis of length K, or None.
+      h0: the initial state h_0 (any pytree of arrays).
+      length: K, the number of steps (static).
+      shared: whether ``params`` is shared by every step (static).
+      name: step k is called ``f"{name}/{k}"`` (static).
+    """
+
+    params: Any
+    xs: Any
+    h0: Any
+    step: StepFn = struct.field(pytree_node=False)
+    length: int = struct.field(pytree_node=False)
+    shared: bool = struct.field(pytree_node=False, default=False)
+    name: str = struct.field(pytree_node=False, default="step")
+
+    def __post_init__(self):
+        _check_length("Chain", self.length)
+        if not self.shared:
+            _check_stacked("Chain", "params", self.params, self.length)
+        if self.xs is not None:
+            _check_stacked("Chain", "xs", self.xs, self.length)
+
+    @property
+    def state_size(self) -> int:
+        """n, the number of scalars in the state (the Jacobians are n × n)."""
+        return int(sum(jnp.size(x) for x in jax.tree_util.tree_leaves(self.h0)))
+
+    @property
+    def segment(self) -> Scan:
+        """This chain's steps as a :class:`Scan` segment."""
+        return Scan(self.params, self.xs, self.step, self.length, self.shared, self.name)
+
+    def per_step(self) -> tuple[Any, Any]:
+        """The (θ_k, x_k) pytree scanned over, with a leading axis K where present."""
+        return self.segment.per_step()
+
+    def step_at(self, h, per_step_slice):
+        """Applies one step given the slice ``(θ_k or None, x_k or None)`` of :meth:`per_step`."""
+        return self.segment.step_at(h, per_step_slice)
+
+
+@struct.dataclass
+class Segmented:
+    """A chain of segments h_0 → … → h_K whose state may change shape between segments.
+
+    Attributes:
+      h0: the initial state (any pytree of arrays).
+      segments: tuple of :class:`Scan` and :class:`Layer` segments, applied in order.
+      stem: optionally the :class:`Layer` that computed h0 from the model input ``x`` (an
+        embedding, the first convolution). The Jacobian analyses start at h0 and ignore it;
+        gradient norms include its parameters.
+      x: the model input the stem was applied to (None without a stem).
+    """
+
+    h0: Any
+    segments: tuple
+    stem: Any = None
+    x: Any = None
+
+    @property
+    def length(self) -> int:
+        """K, the total number of steps."""
+        return sum(s.length for s in self.segments)
+
+    def step_names(self) -> tuple[str, ...]:
+        """The name of every step, in forward order, ``(K,)``."""
+        return tuple(n for s in self.segments for n in s.step_names())
+
+    def validate(self) -> Segmented:
+        if not isinstance(self.segments, tuple) or not self.segments:
+            raise ValueError("Segmented segments must be a non-empty tuple of Scan/Layer segments")
+        for s in self.segments:
+            if not isinstance(s, (Scan, Layer)):
+                raise TypeError(f"Segmented segments must be Scan or Layer, got {type(s).__name__}")
+            s.validate()
+        if self.stem is not None and not isinstance(self.stem, Layer):
+            raise TypeError(
+                f"Segmented stem must be a Layer or None, got {type(self.stem).__name__}"
+            )
+        return self
+
+
+def as_segmented(chain, name: str = "chain") -> Segmented:
+    """A :class:`Chain` as a one-segment :class:`Segmented` chain (a Segmented one unchanged).
+
+    Raises:
+      TypeError: if ``chain`` is neither.
+    """
+    if isinstance(chain, Segmented):
+        return chain.validate()
+    if isinstance(chain, Chain):
+        return Segmented(h0=chain.h0, segments=(chain.segment,))
+    raise TypeError(
+        f"{name} must be a gradflow.chain.Chain or Segmented chain, got {type(chain).__name__}"
+    )
+
+
+def _describe(tree) -> str:
+    return str(jax.tree_util.tree_map(lambda a: tuple(a.shape), tree))
+
+
+def _abstract_step(seg, h):
+    """eval_shape of one step of ``seg`` at the abstract state ``h``."""
+    if isinstance(seg, Layer):
+        return jax.eval_shape(lambda p, hh, x: seg.fn(p, hh, x), seg.params, h, seg.x)
+    s = jax.tree_util.tree_map(lambda a: a[0], seg.per_step())
+    return jax.eval_shape(lambda hh, ss: seg.step_at(hh, ss), h, s)
+
+
+def state_shapes(chain) -> list:
+    """The abstract state (a pytree of ``jax.ShapeDtypeStruct``) at every segment boundary.
+
+    Also the check every analysis runs first: each step must return a pytree of floating arrays
+    and a :class:`Scan`'s steps must keep the state's shape.
+
+    Returns:
+      list of length (number of segments + 1): entry i is segment i's input state, the last is
+      h_K.
+
+    Raises:
+      TypeError: if a step's output is not a pytree of floating-point arrays.
+      ValueError: if a Scan step changes the state's shape.
+    """
+    sc = as_segmented(chain)
+    h = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), sc.h0
+    )
+    _check_state("chain.h0", h)
+    out = [h]
+    for seg in sc.segments:
+        if seg.length == 0:
+            out.append(h)
+            continue
+        try:
+            nxt = _abstract_step(seg, h)
+        except (TypeError, ValueError) as exc:
+            where = f"step {seg.step_names()[0]!r} failed on state {_describe(h)}"
+            raise type(exc)(f"{where}: {exc}") from exc
+        _check_state(f"the output of step {seg.step_names()[0]!r}", nxt)
+        if isinstance(seg, Scan) and not same_shapes(nxt, h):
+            raise ValueError(
+                f"Scan segment {seg.name!r} must keep the state's shape, but maps "
+                f"{_describe(h)} to {_describe(nxt)}; use a Layer segment for a shape-changing step"
+            )
+        h = nxt
+        out.append(h)
+    return out
+
+
+def same_shapes(a, b) -> bool:
+    """Whether two pytrees of arrays have the same structure and leaf shapes."""
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+        x.shape == y.shape for x, y in zip(la, lb)
+    )
+
+
+def _check_state(what: str, tree) -> None:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        raise TypeError(f"{what} must be an array or a pytree of arrays, got {tree!r}")
+    for leaf in leaves:
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            kind = type(leaf).__name__
+            raise TypeError(f"{what} must be an array or a pytree of arrays, got {kind}")
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(f"{what} must be floating point, got dtype {leaf.dtype}")
+
+
+def _scan_segment(seg: Scan, h, keep: bool):
+    def body(h, s):
+        return seg.step_at(h, s), (h if keep else None)
+
+    return jax.lax.scan(body, h, seg.per_step(), length=seg.length)
+
+
+def forward(chain):
+    """Runs the chain once, keeping every step's input state (the linearisation points).
+
+    Returns:
+      ``(inputs, h_K)``: ``inputs`` is a tuple with one entry per segment — for a :class:`Scan`
+      its input states stacked on a leading axis of its length, for a :class:`Layer` its input
+      state.
+    """
+    sc = as_segmented(chain)
+    h, inputs = sc.h0, []
+    for seg in sc.segments:
+        if isinstance(seg, Layer):
+            inputs.append(h)
+            h = seg.fn(seg.params, h, seg.x)
+        else:
+            h, hs = _scan_segment(seg, h, keep=True)
+            inputs.append(hs)
+    return tuple(inputs), h
+
+
+def trajectory(chain: Chain):
+    """All states h_0 … h_K along a :class:`Chain`, by one ``lax.scan``.
+
+    (A :class:`Segmented` chain's states may differ in shape: use :func:`forward`.)
+
+    Returns:
+      A pytree like ``h0`` whose leaves have a leading axis of length K + 1.
+    """
+    if not isinstance(chain, Chain):
+        raise TypeError(
+            f"trajectory needs a gradflow.chain.Chain, got {type(chain).__name__}; "
+            "for a Segmented chain use gradflow.chain.forward"
+        )
+    def body(h, s):
+        h_next = chain.step_at(h, s)
+        return h_next, h_next
+
+    _, hs = jax.lax.scan(body, chain.h0, chain.per_step(), length=chain.length)
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), chain.h0, hs)
+
+
+def final_state(chain):
+    """h_K, without storing the intermediate states (any chain)."""
+    sc = as_segmented(chain)
+    h = sc.h0
+    for seg in sc.segments:
+        if isinstance(seg, Layer):
+            h = seg.fn(seg.params, h, seg.x)
+        else:
+            h, _ = _scan_segment(seg, h, keep=False)
+    return h
+
+
+def flat_step(chain: Chain):
+    """The step as a map between flat vectors, with the ravel/unravel pair for the state.
+
+    Returns:
+      ``(h0_flat, f)`` where ``h0_flat`` has shape ``(n,)`` and ``f(h_flat, per_step_slice)``
+      returns the next flat state.
+    """
+    h0_flat, unravel = ravel_pytree(chain.h0)
+
+    def f(h_flat, s):
+        out, _ = ravel_pytree(chain.step_at(unravel(h_flat), s))
+        return out
+
+    return h0_flat, f
