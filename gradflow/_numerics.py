@@ -38,7 +38,7 @@ def log_norm(x) -> jax.Array:
 
 
 def tree_log_norm(tree) -> jax.Array:
-    """log √(Σ‖leaf‖²) over a pytree's leaves (natural log), without underflow; see :func:`log_norm`.
+    """log √(Σ‖leaf‖²) over a pytree's leaves (natural log), without underflow (:func:`log_norm`).
 
     Returns:
       Array ``()``; ``-inf`` if every leaf is zero or the tree is empty.

@@ -30,7 +30,7 @@ from gradflow.chain import (
     final_state,
     state_shapes,
 )
-from gradflow.chain.passes import flat_segments, identity_rows, pullback
+from gradflow.chain.passes import flat_segments, identity_rows, pullback, scan_or_call
 
 __all__ = [
     "JacobianProducts",
@@ -204,7 +204,7 @@ def _products_by_matmul(jacs, m: int):
             un, c = _numerics.renormalise(carry[0] @ jk, carry[1])
             return (un, c), (un, c)
 
-        (unit, log_c), (units, logs) = jax.lax.scan(body, (unit, log_c), j, reverse=True)
+        (unit, log_c), (units, logs) = scan_or_call(body, (unit, log_c), j, j.shape[0], True)
         parts.append(JacobianProducts(units, logs))
     return parts[::-1]
 

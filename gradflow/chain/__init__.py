@@ -4,6 +4,7 @@ See :mod:`gradflow.chain.core` for the two forms (:class:`Chain`, :class:`Segmen
 :mod:`gradflow.chain.adapters` for ``from_layers``, ``from_module``, ``from_cell``, ``from_nnx``.
 """
 
+from gradflow.chain.adapters import from_cell, from_layers, from_module, from_nnx
 from gradflow.chain.core import (
     Chain,
     Layer,
@@ -26,6 +27,10 @@ __all__ = [
     "final_state",
     "flat_step",
     "forward",
+    "from_cell",
+    "from_layers",
+    "from_module",
+    "from_nnx",
     "state_shapes",
     "trajectory",
 ]

@@ -349,6 +349,7 @@ def trajectory(chain: Chain):
             f"trajectory needs a gradflow.chain.Chain, got {type(chain).__name__}; "
             "for a Segmented chain use gradflow.chain.forward"
         )
+
     def body(h, s):
         h_next = chain.step_at(h, s)
         return h_next, h_next

@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 from gradflow import _numerics
 from gradflow.chain.core import Layer, Segmented, as_segmented, forward
 
-__all__ = ["FlatSegment", "flat_segments", "pullback", "Pulled"]
+__all__ = ["FlatSegment", "flat_segments", "pullback", "Pulled", "identity_rows", "scan_or_call"]
 
 
 class FlatSegment(NamedTuple):
@@ -75,8 +75,15 @@ def flat_segments(chain) -> tuple[list[FlatSegment], jax.Array]:
             flat_in = jax.vmap(lambda h: ravel_pytree(h)[0])(hin)
             thetas = None if seg.shared else seg.params
             out.append(
-                FlatSegment(f, flat_in, thetas, seg.xs, seg.params if seg.shared else None,
-                            seg.shared, seg.length)
+                FlatSegment(
+                    f,
+                    flat_in,
+                    thetas,
+                    seg.xs,
+                    seg.params if seg.shared else None,
+                    seg.shared,
+                    seg.length,
+                )
             )
     return out, ravel_pytree(h_last)[0]
 
@@ -130,17 +137,27 @@ def pullback(segments: list[FlatSegment], u, log_c, *, params: bool = False) -> 
             un, c = _numerics.renormalise(gh, c)
             return (un, c), (un, c, plog)
 
-        (u, log_c), (units, logs, plogs) = jax.lax.scan(
-            body, (u, log_c), (seg.inputs, seg.thetas, seg.xs), length=seg.length, reverse=True
+        (u, log_c), (units, logs, plogs) = scan_or_call(
+            body, (u, log_c), (seg.inputs, seg.thetas, seg.xs), seg.length, reverse=True
         )
         out.append(Pulled(units, logs, plogs))
     return out[::-1]
 
 
+def scan_or_call(body, carry, xs, length: int, reverse: bool = False):
+    """``lax.scan``, or for one step a plain call (a shape-changing Layer changes the carry)."""
+    if length != 1:
+        return jax.lax.scan(body, carry, xs, length=length, reverse=reverse)
+    carry, y = body(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
+    return carry, jax.tree_util.tree_map(lambda a: a[None], y)
+
+
 def identity_rows(n: int, dtype):
     """``(I_n / √n, log √n)``: the identity as unit-norm rows and its log scale."""
-    return (jnp.eye(n, dtype=dtype) / jnp.sqrt(jnp.asarray(n, dtype)),
-            0.5 * jnp.log(jnp.asarray(n, dtype)))
+    return (
+        jnp.eye(n, dtype=dtype) / jnp.sqrt(jnp.asarray(n, dtype)),
+        0.5 * jnp.log(jnp.asarray(n, dtype)),
+    )
 
 
 def is_segmented(chain) -> bool:

@@ -1,0 +1,533 @@
+"""Chains from your own model: any sequence of callables, linen module, RNN cell or nnx module.
+
+One call each turns a model into a :class:`~gradflow.chain.Segmented` chain (or a
+:class:`~gradflow.chain.Chain` for a recurrent cell), after which every analysis applies:
+
+- :func:`from_layers` — a sequence of callables ``h -> h'``;
+- :func:`from_module` — a ``flax.linen`` module; the states are the outputs of the named
+  submodules (default: the top-level submodules, in the order the forward pass calls them,
+  captured with Flax's method interception — not by sorting names);
+- :func:`from_cell` — a linen ``RNNCellBase`` (or ``nn.RNN``) unrolled over time;
+- :func:`from_nnx` — the same as :func:`from_module` for a ``flax.nnx`` module.
+
+How a module becomes a chain. The forward pass is run once with the named submodules'
+``__call__`` intercepted, recording the order of the calls and their outputs h_0, h_1, … . Step k
+maps h_{k−1} to h_k: it *replays* the model's own forward pass with call k−1's output replaced by
+the state h and stops when call k returns. Whatever the model does between two submodules
+(an activation, a reshape, a residual add, a positional embedding) is therefore part of the step,
+exactly as the model computes it; parameters of call k enter as the step's parameters, so gradient
+norms per layer come out too. The first named layer is the chain's ``stem`` (input → h_0).
+Under ``jit`` the replayed prefix feeds nothing and XLA drops it, so a step costs what its own
+layers cost.
+
+The chain is exact when the named layers form a chain: each state depends on the input only through
+the previous state. A skip connection that bypasses a named layer (a U-Net, a residual around a
+named block) makes the per-step Jacobians partial derivatives that do not multiply to the
+end-to-end one; name the enclosing block instead.
+
+Recompilation: the steps are frozen dataclasses that compare equal for the same module (linen
+modules compare by their configuration, nnx graphs by their structure) and the same layer names, so
+building the chain twice — e.g. for new parameters or inputs of the same shapes — reuses the
+compiled analyses. A :func:`from_layers` chain is keyed on the callables' identity: pass the same
+function objects to avoid a recompilation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import unfreeze
+
+from gradflow.chain.core import Chain, Layer, Scan, Segmented, state_shapes
+
+__all__ = ["from_layers", "from_module", "from_cell", "from_nnx"]
+
+
+class _Stop(Exception):
+    """Raised inside a replayed forward pass to return the target layer's output."""
+
+    def __init__(self, value):
+        super().__init__("gradflow replay stop")
+        self.value = value
+
+
+# --- from_layers ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _CallLayer:
+    """Step ``(params, h, x) -> layer(h)`` for a plain callable (hashed by its identity)."""
+
+    layer: Callable
+
+    def __call__(self, params, h, x=None):
+        return self.layer(h)
+
+
+def from_layers(layers: Sequence[Callable], x, *, names: Sequence[str] | None = None) -> Segmented:
+    """A chain h_0 = x, h_{k+1} = layers[k](h_k) from any callables (closures over their params).
+
+    Runs of the *same* callable object (``[block] * 10``) become one scanned segment.
+
+    Args:
+      layers: non-empty sequence of callables ``h -> h'``; shapes may change from layer to layer.
+      x: the input h_0, a floating-point array (or pytree of arrays).
+      names: optional layer names (default ``layer_0``, ``layer_1``, …).
+
+    Returns:
+      A :class:`~gradflow.chain.Segmented` chain with K = ``len(layers)`` steps.
+
+    Raises:
+      TypeError: if ``layers`` is not a sequence of callables, a layer's output is not an array,
+        or ``x`` is not floating point.
+      ValueError: for an empty ``layers`` or ``names`` of the wrong length.
+    """
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise TypeError(f"layers must be a sequence of callables, got {type(layers).__name__}")
+    if not layers:
+        raise ValueError("layers must hold at least one callable, got an empty sequence")
+    for i, layer in enumerate(layers):
+        if not callable(layer):
+            raise TypeError(f"layers[{i}] must be callable, got {type(layer).__name__}")
+    names = tuple(f"layer_{i}" for i in range(len(layers))) if names is None else tuple(names)
+    if len(names) != len(layers):
+        raise ValueError(f"names must have {len(layers)} entries (one per layer), got {len(names)}")
+    segments, i = [], 0
+    while i < len(layers):
+        j = i
+        while j + 1 < len(layers) and layers[j + 1] is layers[i]:
+            j += 1
+        step = _CallLayer(layers[i])
+        if j > i:  # the same callable repeated: one lax.scan
+            segments.append(Scan(None, None, step, j - i + 1, shared=True, name=names[i]))
+        else:
+            segments.append(Layer(None, None, step, names[i]))
+        i = j + 1
+    chain = Segmented(h0=x, segments=tuple(segments)).validate()
+    state_shapes(chain)
+    return chain
+
+
+# --- shared: captured calls -> segments ----------------------------------------------------------
+def _select(found: list[str], layers, default: list[str], what: str) -> tuple[str, ...]:
+    if layers is None:
+        if not default:
+            raise ValueError(f"the {what} calls no submodule: pass layers=[...] naming its layers")
+        return tuple(default)
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        raise TypeError(f"layers must be a non-empty sequence of layer names, got {layers!r}")
+    missing = [n for n in layers if n not in found]
+    if missing:
+        raise ValueError(
+            f"layers names {missing} that the {what} does not call; the layers it calls, in "
+            f"forward order, are: {list(dict.fromkeys(found))}"
+        )
+    return tuple(dict.fromkeys(layers))
+
+
+def _get_path(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set_path(tree, path, value):
+    """A copy of nested dict ``tree`` with ``tree[path[0]]…[path[-1]] = value`` (path copied)."""
+    if not path:
+        return value
+    out = dict(tree)
+    out[path[0]] = _set_path(tree[path[0]], path[1:], value)
+    return out
+
+
+def _split_kwargs(kwargs: dict):
+    """Call keyword arguments: hashable ones stay static, arrays travel as traced inputs."""
+    static, dynamic = {}, {}
+    for k, v in kwargs.items():
+        leaves = jax.tree_util.tree_leaves(v)
+        if any(
+            isinstance(leaf, (jax.Array, jnp.ndarray)) or hasattr(leaf, "__array__")
+            for leaf in leaves
+        ):
+            dynamic[k] = v
+        else:
+            static[k] = v
+    return tuple(sorted(static.items())), dynamic
+
+
+def _build(names, outputs, params, fn_for, dyn, x, owner: str) -> Segmented:
+    """Segmented chain: stem = call 0 (input → h_0), one Layer per later call."""
+    if len(names) < 2:
+        raise ValueError(
+            f"the {owner} must call at least two of the named layers to make a chain (the first "
+            f"gives h_0, each later one a step); it called {list(names)}"
+        )
+    stem = Layer(params[0], dyn, fn_for(0), names[0])
+    segments = tuple(Layer(params[k], dyn, fn_for(k), names[k]) for k in range(1, len(names)))
+    chain = Segmented(h0=outputs[0], segments=segments, stem=stem, x=x).validate()
+    state_shapes(chain)
+    return chain
+
+
+def _replay_interceptor(match, k: int, h):
+    """State for a replay: call ``k − 1`` returns ``h`` (if k > 0), call ``k`` raises its output."""
+    counter = [0]
+
+    def on_call(run):
+        i = counter[0]
+        counter[0] += 1
+        if i == k - 1:
+            return h
+        if i == k:
+            raise _Stop(run())
+        return run()
+
+    return on_call
+
+
+def _unwrap_variables(variables):
+    variables = unfreeze(variables)
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise TypeError(
+            "variables must be the dict returned by module.init (with a 'params' collection), got "
+            f"{type(variables).__name__}"
+        )
+    return variables
+
+
+# --- from_module (linen) -------------------------------------------------------------------------
+def _path_name(module) -> str | None:
+    scope = getattr(module, "scope", None)
+    return None if scope is None else "/".join(scope.path)
+
+
+@contextlib.contextmanager
+def _linen_hook(on_call):
+    """Routes every ``__call__`` of a bound submodule through ``on_call(name, run)``."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        name = _path_name(context.module)
+        if context.method_name != "__call__" or not name:
+            return next_fun(*args, **kwargs)
+        return on_call(name, lambda: next_fun(*args, **kwargs))
+
+    with nn.intercept_methods(interceptor):
+        yield
+
+
+@dataclasses.dataclass(frozen=True)
+class _LinenStep:
+    """Step k of a linen module's chain: replays the forward pass up to call k (see module doc)."""
+
+    module: nn.Module
+    names: tuple
+    k: int
+    kwargs: tuple
+
+    def __call__(self, params_k, h, dyn):
+        path = ("params", *self.names[self.k].split("/"))
+        variables = _set_path(dyn["variables"], path, params_k)
+        on_call = _replay_interceptor(None, self.k, h)
+        targets = set(self.names)
+        try:
+            with _linen_hook(lambda n, run: on_call(run) if n in targets else run()):
+                self.module.apply(variables, dyn["input"], **dict(self.kwargs), **dyn["kwargs"])
+        except _Stop as stop:
+            return stop.value
+        raise RuntimeError(f"the forward pass did not call layer {self.names[self.k]!r} again")
+
+
+def from_module(module: nn.Module, variables, x, layers: Sequence[str] | None = None, **kwargs):
+    """A chain through a ``flax.linen`` module's layers, for input ``x``.
+
+    Args:
+      module: an (unbound) linen module.
+      variables: as returned by ``module.init`` (``{"params": …}``, plus e.g. ``batch_stats``).
+      x: the module's input (one example or a batch; integer token ids are fine: the chain
+        starts at the first layer's output).
+      layers: names of the submodules whose outputs are the chain's states, as paths
+        (``"Block_0"``, ``"encoder/layers_1"``); default: every top-level submodule, in the order
+        the forward pass calls them. The first is the stem (h_0 = its output).
+      **kwargs: keyword arguments of ``module.__call__`` (e.g. ``deterministic=True``).
+
+    Returns:
+      A :class:`~gradflow.chain.Segmented` chain whose step names are the layer names.
+
+    Raises:
+      TypeError: if ``module`` is not a linen module or ``variables`` is not an init dict.
+      ValueError: if a name in ``layers`` is not a layer the forward pass calls (the message lists
+        the ones it does), or fewer than two layers are called.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a flax.linen Module, got {type(module).__name__}")
+    variables = _unwrap_variables(variables)
+    static, dynamic = _split_kwargs(kwargs)
+    found, outs = [], []
+
+    def record(name, run):
+        out = run()
+        found.append(name)
+        outs.append(out)
+        return out
+
+    with _linen_hook(record):
+        module.apply(variables, x, **kwargs)
+    top = [n for n in found if "/" not in n]
+    names = _select(found, layers, top, f"module {type(module).__name__}")
+    chosen = [o for n, o in zip(found, outs) if n in names]
+    order = [n for n in found if n in names]
+    params = [
+        _get_path(variables["params"], n.split("/")) if _has(variables["params"], n) else {}
+        for n in order
+    ]
+    dyn = {"variables": variables, "input": x, "kwargs": dynamic}
+    order_t = tuple(order)
+    return _build(
+        order_t,
+        chosen,
+        params,
+        lambda k: _LinenStep(module, order_t, k, static),
+        dyn,
+        x,
+        f"module {type(module).__name__}",
+    )
+
+
+def _has(tree, name: str) -> bool:
+    try:
+        _get_path(tree, name.split("/"))
+        return True
+    except (KeyError, TypeError, IndexError):
+        return False
+
+
+# --- from_nnx -------------------------------------------------------------------------------------
+def _nnx_children(model, prefix: str = ""):
+    """(name, module) of the direct children, expanding nnx.List/Sequential containers."""
+    out = []
+    for key, child in nnx.iter_children(model):
+        name = f"{prefix}{key}"
+        if isinstance(child, nnx.List) or type(child).__name__ == "Sequential":
+            out.extend(_nnx_children(child, name + "/"))
+        elif isinstance(child, nnx.Module):
+            out.append((name, child))
+    return out
+
+
+def _resolve(model, name: str):
+    for part in name.split("/"):
+        model = model[int(part)] if part.isdigit() else getattr(model, part)
+    return model
+
+
+@contextlib.contextmanager
+def _nnx_hook(targets: dict, on_call):
+    """Temporarily routes ``__call__`` of the objects in ``targets`` (id -> name) to ``on_call``."""
+    classes = {type(m) for m in targets.values()}
+    saved = []
+    for cls in classes:
+        original = cls.__call__
+        own = "__call__" in cls.__dict__
+
+        def wrapper(self, *args, __original=original, **kw):
+            name = ids.get(id(self))
+            if name is None:
+                return __original(self, *args, **kw)
+            return on_call(name, lambda: __original(self, *args, **kw))
+
+        saved.append((cls, original, own))
+        cls.__call__ = wrapper
+    ids = {id(m): n for n, m in targets.items()}
+    try:
+        yield
+    finally:
+        for cls, original, own in saved:
+            if own:
+                cls.__call__ = original
+            else:
+                del cls.__call__
+
+
+def _run_nnx(graphdef, params, rest, x, kwargs, names, on_call):
+    model = nnx.merge(graphdef, params, rest)
+    targets = {n: _resolve(model, n) for n in names}
+    with _nnx_hook(targets, on_call):
+        return model(x, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NnxStep:
+    """Step k of an nnx module's chain: replays the forward pass up to call k (see module doc)."""
+
+    graphdef: Any
+    names: tuple
+    k: int
+    kwargs: tuple
+
+    def __call__(self, params_k, h, dyn):
+        params = jax.tree_util.tree_map(lambda a: a, dyn["state"])  # a fresh State to fill
+        nnx.replace_by_pure_dict(
+            params, _set_path(dyn["pure"], _nnx_path(self.names[self.k]), params_k)
+        )
+        on_call = _replay_interceptor(None, self.k, h)
+        try:
+            _run_nnx(
+                self.graphdef,
+                params,
+                dyn["rest"],
+                dyn["input"],
+                {**dict(self.kwargs), **dyn["kwargs"]},
+                self.names,
+                lambda n, run: on_call(run),
+            )
+        except _Stop as stop:
+            return stop.value
+        raise RuntimeError(f"the forward pass did not call layer {self.names[self.k]!r} again")
+
+
+def _nnx_path(name: str):
+    return tuple(int(p) if p.isdigit() else p for p in name.split("/"))
+
+
+def from_nnx(model, x, layers: Sequence[str] | None = None, **kwargs) -> Segmented:
+    """A chain through a ``flax.nnx`` module's layers, for input ``x`` (see :func:`from_module`).
+
+    Args:
+      model: an ``nnx.Module``; it is not modified (the chain holds a functional copy).
+      x: its input.
+      layers: names of the child modules whose outputs are the states (``"blocks/0"`` for an
+        element of an ``nnx.List``); default: every child module, in the order the forward pass
+        calls them (containers such as ``nnx.List`` are expanded).
+      **kwargs: keyword arguments of ``model.__call__``.
+
+    Returns:
+      A :class:`~gradflow.chain.Segmented` chain; each step's parameters are the layer's
+      ``nnx.Param`` values as a pure dict.
+
+    Raises:
+      TypeError: if ``model`` is not an nnx module.
+      ValueError: for a name in ``layers`` the forward pass does not call (the message lists the
+        ones it does), or fewer than two called layers.
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be a flax.nnx Module, got {type(model).__name__}")
+    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    pure = nnx.to_pure_dict(state)
+    children = [n for n, _ in _nnx_children(model)]
+    static, dynamic = _split_kwargs(kwargs)
+    found, outs = [], []
+
+    def record(name, run):
+        out = run()
+        found.append(name)
+        outs.append(out)
+        return out
+
+    _run_nnx(graphdef, state, rest, x, kwargs, children, record)
+    what = f"model {type(model).__name__}"
+    if layers is not None:
+        # Named layers may be deeper than the direct children: capture those calls instead.
+        for n in layers:
+            if n not in children:
+                try:
+                    _resolve(model, n)
+                except (AttributeError, IndexError, TypeError):
+                    continue
+                children.append(n)
+        found, outs = [], []
+        _run_nnx(graphdef, state, rest, x, kwargs, tuple(children), record)
+    names = _select(found, layers, found, what)
+    chosen = [o for n, o in zip(found, outs) if n in names]
+    order = tuple(n for n in found if n in names)
+    params = [_get_path(pure, _nnx_path(n)) if _has_nnx(pure, n) else {} for n in order]
+    dyn = {"state": state, "pure": pure, "rest": rest, "input": x, "kwargs": dynamic}
+    return _build(
+        order, chosen, params, lambda k: _NnxStep(graphdef, order, k, static), dyn, x, what
+    )
+
+
+def _has_nnx(pure, name: str) -> bool:
+    try:
+        _get_path(pure, _nnx_path(name))
+        return True
+    except (KeyError, TypeError, IndexError):
+        return False
+
+
+# --- from_cell ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _CellStep:
+    """One time step of a linen RNN cell: the carry is the chain's state."""
+
+    cell: nn.Module
+
+    def __call__(self, theta, carry, x):
+        return self.cell.apply({"params": theta}, carry, x)[0]
+
+
+def from_cell(cell, params, inputs, carry=None) -> Chain:
+    """A recurrent cell unrolled over time: h_{t+1} = cell(θ, h_t, x_t), θ shared by every step.
+
+    Args:
+      cell: a linen ``RNNCellBase`` (``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``,
+        ``SimpleCell``, a user cell) or an ``nn.RNN`` wrapping one.
+      params: the cell's parameters (``cell.init(...)`` output or its ``"params"``); for an
+        ``nn.RNN``, its own init output (whose ``"cell"`` entry is used).
+      inputs: array ``(T, d)`` or a batch ``(B, T, d)`` (batch-major, as ``nn.RNN``).
+      carry: the initial carry; default ``cell.initialize_carry`` (zeros for Flax's cells).
+
+    Returns:
+      A :class:`~gradflow.chain.Chain` of length T with shared parameters: the state is the
+      carry (for an LSTM the (c, h) pair), the step inputs are ``inputs`` time-major.
+
+    Raises:
+      TypeError: if ``cell`` is not a linen module or ``inputs`` is not a floating array.
+      ValueError: if ``inputs`` does not have 2 or 3 dimensions or does not fit the cell (wrong
+        feature size), or ``carry`` does not match the cell's carry.
+    """
+    if isinstance(cell, nn.RNN):
+        params = unfreeze(params)
+        params = params.get("params", params)
+        params = params.get("cell", params)
+        cell = cell.cell
+    if not isinstance(cell, nn.Module):
+        raise TypeError(f"cell must be a flax.linen RNN cell, got {type(cell).__name__}")
+    params = unfreeze(params)
+    if isinstance(params, dict) and set(params) == {"params"}:
+        params = params["params"]
+    try:
+        inputs = jnp.asarray(inputs)
+    except TypeError as exc:
+        raise TypeError(
+            f"inputs must be an array (T, d) or (B, T, d), got {type(inputs).__name__}"
+        ) from exc
+    if inputs.ndim not in (2, 3):
+        raise ValueError(f"inputs must have shape (T, d) or (B, T, d), got {inputs.shape}")
+    if not jnp.issubdtype(inputs.dtype, jnp.inexact):
+        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
+    xs = inputs if inputs.ndim == 2 else jnp.swapaxes(inputs, 0, 1)  # time-major
+    if carry is None:
+        carry = cell.initialize_carry(jax.random.key(0), xs.shape[1:])
+    step = _CellStep(cell)
+    try:
+        new = jax.eval_shape(step, params, carry, xs[0])
+    except Exception as exc:  # Flax raises many kinds on a shape mismatch; report one
+        raise ValueError(
+            f"inputs of shape {inputs.shape} (step input {xs.shape[1:]}) and carry "
+            f"{jax.tree_util.tree_map(jnp.shape, carry)} do not fit cell "
+            f"{type(cell).__name__} with these params: {exc}"
+        ) from exc
+    if jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(carry) or any(
+        a.shape != jnp.shape(b)
+        for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(carry))
+    ):
+        raise ValueError(
+            f"carry {jax.tree_util.tree_map(jnp.shape, carry)} does not match the carry the cell "
+            f"returns, {jax.tree_util.tree_map(lambda a: a.shape, new)}"
+        )
+    return Chain(params, xs, carry, step, xs.shape[0], shared=True, name=type(cell).__name__)
