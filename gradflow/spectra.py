@@ -95,8 +95,9 @@ from typing import NamedTuple  # noqa: E402
 
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
-from gradflow import _checks  # noqa: E402
-from gradflow.chain import Chain, flat_step, trajectory  # noqa: E402
+from gradflow import _checks, _numerics  # noqa: E402
+from gradflow.chain import Chain, Segmented, flat_step, state_shapes, trajectory  # noqa: E402
+from gradflow.chain.passes import flat_segments, scan_or_call  # noqa: E402
 
 __all__ += ["TopSingular", "lanczos_svd", "top_singular_values", "spectral_norm"]
 
@@ -263,6 +264,9 @@ def lanczos_svd(
     dtype = _checks.default_float() if dtype is None else jnp.dtype(dtype)
     m_out = int(np.prod(jax.eval_shape(matvec, jax.ShapeDtypeStruct((n,), dtype)).shape))
     k, num_iters = _check_k_iters(k, num_iters, m_out, n)
+    if m_out < n:  # see _lanczos_log_scaled: bidiagonalise the tall transpose
+        out = lanczos_svd(rmatvec, matvec, m_out, k, num_iters=num_iters, key=key, dtype=dtype)
+        return out._replace(right=out.left, left=out.right)
     v1, key = _start_vector(key, n, dtype)
     out = _golub_kahan(matvec, rmatvec, v1, m_out, num_iters, key)
     return _ritz(*out, k, jnp.zeros((), dtype))
@@ -369,6 +373,16 @@ def top_singular_values(
         k, num_iters = _check_k_iters(k, num_iters, h0_flat.size, h0_flat.size)
         key = jax.random.key(0) if key is None else key
         return _first(_top_chain(chain, key, start, stop, num_iters=num_iters), k)
+    if isinstance(chain_or_matrix, Segmented):
+        sc = chain_or_matrix.validate()
+        _checks.check_finite("chain.h0", sc.h0)
+        shapes = state_shapes(sc)
+        start, stop = _check_range(sc, start, stop)
+        sizes = _boundary_sizes(sc, shapes)
+        n_in, m_out = sizes[start], sizes[stop]
+        k, num_iters = _check_k_iters(k, num_iters, m_out, n_in)
+        key = jax.random.key(0) if key is None else key
+        return _first(_top_segmented(sc, key, start, stop, num_iters=num_iters), k)
     if callable(chain_or_matrix) and not hasattr(chain_or_matrix, "shape"):
         raise TypeError(
             "chain_or_matrix must be a Chain or a matrix (m, n), got "
@@ -393,6 +407,67 @@ def _first(out: TopSingular, k: int) -> TopSingular:
 def _top_chain(chain: Chain, key, start, stop, *, num_iters: int):
     # Compiled as one program: eager callers pay one compilation, not one per operation.
     push, pull, n, dtype = _chain_operator(chain, start, stop)
+    return _lanczos_log_scaled(push, pull, n, n, dtype, key, num_iters)
+
+
+def _boundary_sizes(sc: Segmented, shapes) -> list[int]:
+    """The flat state size before every step and after the last, ``K + 1`` entries."""
+    size = lambda tree: int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
+    out = []
+    for seg, h in zip(sc.segments, shapes[:-1]):
+        out += [size(h)] * seg.length
+    return out + [size(shapes[-1])]
+
+
+def _segmented_operator(sc: Segmented, start: int, stop: int):
+    """(push, pull, n_in, m_out, dtype) for P = ∂h_stop/∂h_start of a Segmented chain.
+
+    As :func:`_chain_operator`, with static ``start``/``stop``: only the steps in [start, stop) are
+    traced, and the vector changes size where a Layer changes the state's shape.
+    """
+    segs, _ = flat_segments(sc)
+    pieces, offset = [], 0
+    for seg in segs:
+        lo, hi = max(start - offset, 0), min(stop - offset, seg.length)
+        if lo < hi:
+            cut = lambda t, lo=lo, hi=hi: jax.tree_util.tree_map(lambda a: a[lo:hi], t)
+            pieces.append((seg, (seg.inputs[lo:hi], cut(seg.thetas), cut(seg.xs)), hi - lo))
+        offset += seg.length
+
+    def run(vec, reverse: bool):
+        carry = (vec, jnp.zeros((), vec.dtype))
+        for seg, xs, length in pieces[::-1] if reverse else pieces:
+
+            def body(c, inp, seg=seg):
+                h, t, x = inp
+                f = lambda hh: seg.f(seg.theta(t), hh, x)
+                if reverse:
+                    y = jax.vjp(f, h)[1](c[0])[0]
+                else:
+                    y = jax.jvp(f, (h,), (c[0],))[1]
+                return _numerics.renormalise(y, c[1]), None
+
+            carry, _ = scan_or_call(body, carry, xs, length, reverse=reverse)
+        return carry
+
+    n_in = pieces[0][1][0].shape[-1]
+    dtype = pieces[0][1][0].dtype
+    m_out = jax.eval_shape(lambda: run(jnp.zeros((n_in,), dtype), False)[0]).shape[0]
+    return (lambda v: run(v, False)), (lambda u: run(u, True)), n_in, m_out, dtype
+
+
+@functools.partial(jax.jit, static_argnames=("start", "stop", "num_iters"))
+def _top_segmented(sc: Segmented, key, start: int, stop: int, *, num_iters: int):
+    push, pull, n, m_out, dtype = _segmented_operator(sc, start, stop)
+    return _lanczos_log_scaled(push, pull, n, m_out, dtype, key, num_iters)
+
+
+def _lanczos_log_scaled(push, pull, n, m_out, dtype, key, num_iters):
+    if m_out < n:
+        # Golub–Kahan's square B_j drops β_j; for a wide operator (m < n) that term carries part
+        # of the spectrum even when U spans all of R^m. Bidiagonalise the tall transpose instead.
+        out = _lanczos_log_scaled(pull, push, m_out, n, dtype, key, num_iters)
+        return out._replace(right=out.left, left=out.right)
     v1, key = _start_vector(key, n, dtype)
     # One push fixes the overall scale c = log‖P v_1‖; Lanczos then runs on exp(−c) P, whose
     # top singular values are O(1) whatever the depth, and c is added back to log σ.
@@ -400,12 +475,15 @@ def _top_chain(chain: Chain, key, start, stop, *, num_iters: int):
     log_scale = jnp.where(jnp.isfinite(log_scale), log_scale, 0.0)
     apply = lambda v: (lambda w, c: w * jnp.exp(c - log_scale))(*push(v))
     apply_t = lambda u: (lambda w, c: w * jnp.exp(c - log_scale))(*pull(u))
-    out = _golub_kahan(apply, apply_t, v1, n, num_iters, key)
+    out = _golub_kahan(apply, apply_t, v1, m_out, num_iters, key)
     return _ritz(*out, num_iters, log_scale)
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
 def _top_dense(a, key, *, num_iters: int):
+    if a.shape[0] < a.shape[1]:  # see _lanczos_log_scaled: bidiagonalise the tall transpose
+        out = _top_dense(a.T, key, num_iters=num_iters)
+        return out._replace(right=out.left, left=out.right)
     v1, key = _start_vector(key, a.shape[1], a.dtype)
     out = _golub_kahan(lambda v: a @ v, lambda u: a.T @ u, v1, a.shape[0], num_iters, key)
     return _ritz(*out, num_iters, jnp.zeros((), a.dtype))

@@ -200,3 +200,20 @@ def test_argument_errors():
 def test_public_names():
     for name in ("TopSingular", "lanczos_svd", "top_singular_values", "spectral_norm"):
         assert name in spectra.__all__ and hasattr(spectra, name)
+
+
+@pytest.mark.parametrize("shape", [(5, 200), (200, 5)])
+def test_wide_and_tall_operators_match_numpy(x64, shape):
+    # A wide A (m < n): Golub–Kahan's square B_j drops β_j, which still carries spectrum when
+    # U spans R^m, so the top values came out low (24.15 for 24.47); the transpose is used now.
+    a = np.random.default_rng(3).standard_normal(shape)
+    expected = np.linalg.svd(a, compute_uv=False)[:3]
+    # Exact Krylov space (num_iters = min(m, n) = 5): agreement to rounding, 1e-10 is a wide margin.
+    for out in (
+        spectra.top_singular_values(a, 3),
+        spectra.lanczos_svd(lambda v: a @ v, lambda u: a.T @ u, shape[1], 3),
+    ):
+        np.testing.assert_allclose(out.values, expected, rtol=1e-10)
+        assert out.right.shape == (shape[1], 3) and out.left.shape == (shape[0], 3)
+        left, right, values = (np.asarray(t) for t in (out.left, out.right, out.values))
+        np.testing.assert_allclose(a @ right, left * values[None, :], atol=1e-8)
