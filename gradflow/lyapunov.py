@@ -29,9 +29,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks
-from gradflow.chain import Chain, flat_step
+from gradflow.chain import Chain, Layer, Segmented, flat_step, state_shapes
+from gradflow.chain.core import same_shapes
+from gradflow.chain.passes import flat_fn
 
 __all__ = ["FiniteTimeSpectrum", "lyapunov_spectrum", "finite_time_spectrum"]
 
@@ -104,32 +107,85 @@ def _resolve_k(k, n: int) -> int:
 
 
 def _scan_spectrum(
-    advance, carry0, xs, length: int, discard: int, n: int, k: int, dtype, key, record: bool
+    parts, carry0, discard: int, n: int, k: int, dtype, key, record: bool
 ):
-    """Shared Benettin loop. ``advance(carry, x, q) -> (carry, J q)`` applies one step.
+    """Shared Benettin loop over ``parts``: ``(advance, xs, length)`` triples run in order.
 
+    ``advance(carry, x, q) -> (carry, J q)`` applies one step; a chain has one part, a
+    :class:`~gradflow.chain.Segmented` chain one per segment (the frame and sums carry over).
     With ``record`` False the scan emits nothing per step, so its memory is O(n k) whatever the
     length (nothing is left for dead-code elimination to find).
     """
     q0 = _initial_frame(n, k, dtype, key)
     zeros = jnp.zeros((k,), dtype)
+    state = (carry0, q0, zeros, zeros, jnp.zeros((), jnp.int32))
+    recorded = []
+    for advance, xs, length in parts:
 
-    def body(state, x):
-        carry, q, total, comp, t = state
-        carry, z = advance(carry, x, q)
-        q, log_r = _qr_step(z)
-        counted = t >= discard
-        new_total, new_comp = _kahan_add(total, comp, log_r)
-        total = jnp.where(counted, new_total, total)
-        comp = jnp.where(counted, new_comp, comp)
-        # The step counter lives in the carry (not an arange scanned over) so that nothing of
-        # size K is allocated unless per-step outputs are requested.
-        return (carry, q, total, comp, t + 1), ((log_r, total) if record else None)
+        def body(state, x, advance=advance):
+            carry, q, total, comp, t = state
+            carry, z = advance(carry, x, q)
+            q, log_r = _qr_step(z)
+            counted = t >= discard
+            new_total, new_comp = _kahan_add(total, comp, log_r)
+            total = jnp.where(counted, new_total, total)
+            comp = jnp.where(counted, new_comp, comp)
+            # The step counter lives in the carry (not an arange scanned over) so that nothing
+            # of size K is allocated unless per-step outputs are requested.
+            return (carry, q, total, comp, t + 1), ((log_r, total) if record else None)
 
-    init = (carry0, q0, zeros, zeros, jnp.zeros((), jnp.int32))
-    (_, _, total, _, _), per_step = jax.lax.scan(body, init, xs, length=length)
-    log_r, totals = per_step if record else (None, None)
+        state, per_step = jax.lax.scan(body, state, xs, length=length)
+        recorded.append(per_step)
+    total = state[2]
+    if not record:
+        return total, None, None
+    log_r = jnp.concatenate([r[0] for r in recorded])
+    totals = jnp.concatenate([r[1] for r in recorded])
     return total, log_r, totals
+
+
+def _advance(f):
+    def advance(h, s, q):
+        # One forward pass and k tangents at the current state: J_k q without forming J_k.
+        h_next, jvp = jax.linearize(lambda x: f(x, s), h)
+        return h_next, jax.vmap(jvp, in_axes=1, out_axes=1)(q)
+
+    return advance
+
+
+def _run_segmented(sc: Segmented, k, key, discard, record):
+    """Benettin along a Segmented chain whose steps all keep the state's shape."""
+    sc = sc.validate()
+    _checks.check_finite("chain.h0", sc.h0)
+    shapes = state_shapes(sc)
+    for i, (a, b) in enumerate(zip(shapes[:-1], shapes[1:])):
+        if not same_shapes(a, b):
+            name = sc.segments[i].step_names()[0]
+            raise ValueError(
+                "a Lyapunov spectrum needs a shape-preserving chain (one state space), but step "
+                f"{name!r} maps a state of shape {jax.tree_util.tree_map(lambda s: s.shape, a)} to "
+                f"{jax.tree_util.tree_map(lambda s: s.shape, b)}; analyse the shape-preserving "
+                "part of the chain instead"
+            )
+    h0, _ = ravel_pytree(sc.h0)
+    n, length = h0.shape[0], sc.length
+    if length < 1:
+        raise ValueError(f"chain must have at least one step, got length {length}")
+    k = _resolve_k(k, n)
+    discard = _check_discard(discard, length)
+    parts = []
+    for seg in sc.segments:
+        fn = seg.fn if isinstance(seg, Layer) else seg.step
+        g = flat_fn(fn, sc.h0)
+        if isinstance(seg, Layer):
+            step = lambda h, x, g=g, seg=seg: g(seg.params, h, seg.x)
+            xs = None
+        else:
+            step = lambda h, s, g=g, seg=seg: g(seg.params if seg.shared else s[0], h, s[1])
+            xs = seg.per_step()
+        parts.append((_advance(step), xs, seg.length))
+    out = _scan_spectrum(parts, h0, discard, n, k, h0.dtype, key, record)
+    return (*out, length - discard, discard)
 
 
 def _check_discard(discard, length: int) -> int:
@@ -157,16 +213,14 @@ def _run(jacobians_or_chain, k, key, discard, record):
         k = _resolve_k(k, n)
         discard = _check_discard(discard, chain.length)
 
-        def advance(h, s, q):
-            # One forward pass and k tangents at the current state: J_k q without forming J_k.
-            h_next, jvp = jax.linearize(lambda x: f(x, s), h)
-            return h_next, jax.vmap(jvp, in_axes=1, out_axes=1)(q)
-
         out = _scan_spectrum(
-            advance, h0, chain.per_step(), chain.length, discard, n, k, h0.dtype, key, record
+            [(_advance(f), chain.per_step(), chain.length)], h0, discard, n, k, h0.dtype, key,
+            record,
         )
         return (*out, chain.length - discard, discard)
 
+    if isinstance(jacobians_or_chain, Segmented):
+        return _run_segmented(jacobians_or_chain, k, key, discard, record)
     if callable(jacobians_or_chain) and not hasattr(jacobians_or_chain, "shape"):
         raise TypeError(
             "jacobians_or_chain must be a Chain or an array of step Jacobians (K, n, n), got "
@@ -182,7 +236,7 @@ def _run(jacobians_or_chain, k, key, discard, record):
     k = _resolve_k(k, n)
     discard = _check_discard(discard, length)
     advance = lambda carry, j, q: (carry, j @ q)
-    out = _scan_spectrum(advance, None, jac, length, discard, n, k, jac.dtype, key, record)
+    out = _scan_spectrum([(advance, jac, length)], None, discard, n, k, jac.dtype, key, record)
     return (*out, length - discard, discard)
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "final_state",
     "flat_step",
     "state_shapes",
+    "same_shapes",
 ]
 
 StepFn = Callable[[Any, Any, Any], Any]

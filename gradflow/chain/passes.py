@@ -17,7 +17,15 @@ from jax.flatten_util import ravel_pytree
 from gradflow import _numerics
 from gradflow.chain.core import Layer, Segmented, as_segmented, forward
 
-__all__ = ["FlatSegment", "flat_segments", "pullback", "Pulled", "identity_rows", "scan_or_call"]
+__all__ = [
+    "FlatSegment",
+    "Pulled",
+    "flat_fn",
+    "flat_segments",
+    "identity_rows",
+    "pullback",
+    "scan_or_call",
+]
 
 
 class FlatSegment(NamedTuple):
@@ -45,7 +53,8 @@ class FlatSegment(NamedTuple):
         return self.params if self.shared else t
 
 
-def _flat_fn(fn, h_example):
+def flat_fn(fn, h_example):
+    """``fn(theta, h, x)`` as a map of flat states, for states shaped like ``h_example``."""
     _, unravel = ravel_pytree(h_example)
 
     def f(theta, h_flat, x):
@@ -64,14 +73,14 @@ def flat_segments(chain) -> tuple[list[FlatSegment], jax.Array]:
     out = []
     for seg, hin in zip(sc.segments, inputs):
         if isinstance(seg, Layer):
-            f = _flat_fn(seg.fn, hin)
+            f = flat_fn(seg.fn, hin)
             flat_in = ravel_pytree(hin)[0][None]
             lift = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], t)
             out.append(FlatSegment(f, flat_in, lift(seg.params), lift(seg.x), None, False, 1))
         else:
             example = jax.tree_util.tree_map(lambda a: a[0], hin)
             step = lambda th, h, x, seg=seg: seg.step(th, h, x)
-            f = _flat_fn(step, example)
+            f = flat_fn(step, example)
             flat_in = jax.vmap(lambda h: ravel_pytree(h)[0])(hin)
             thetas = None if seg.shared else seg.params
             out.append(
