@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from gradflow import _checks
 from gradflow import activations as _act
 from gradflow import init as _init
-from gradflow.chain import Chain, final_state
+from gradflow.chain import Chain, Layer, Segmented, final_state
 from gradflow.models import _common
 
 __all__ = ["MLP", "MLPStep", "NORMS"]
@@ -50,6 +50,16 @@ class MLPStep:
             z = z + _common.bcast(theta["offset"], z)
         a = self.activation.fn(z)
         return h + self.residual_scale * a if self.residual else a
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stem:
+    """The input layer as a Layer function ``(params, x, _) -> h_1`` (hashable, so jit caches)."""
+
+    step: MLPStep
+
+    def __call__(self, params, x, _=None):
+        return self.step(params, x)
 
 
 class MLP(nn.Module):
@@ -126,6 +136,28 @@ class MLP(nn.Module):
         # The first layer maps d -> n; it is never residual (the shapes differ).
         h0 = dataclasses.replace(step, residual=False)(p["input"], x)
         return Chain(params=p["hidden"], xs=None, h0=h0, step=step, length=self.depth - 1)
+
+    def full_chain(self, params, x) -> Segmented:
+        """The whole network up to its last hidden state, as a Segmented chain with a stem.
+
+        The same steps as :meth:`chain`, plus the input layer as the ``stem`` (``"input"``), so
+        gradient-norm analyses (:func:`gradflow.gradients.chain_grad_norms`) cover every layer:
+        step names are ``"hidden/0"`` … ``"hidden/{depth-2}"``.
+
+        Args:
+          params: as returned by ``init``.
+          x: input ``(d,)`` or a batch ``(B, d)``.
+
+        Returns:
+          A :class:`~gradflow.chain.Segmented` chain of ``depth − 1`` steps.
+        """
+        p = _common.unwrap(params)
+        chain = self.chain(params, x)
+        x = self._check_input(p, x)
+        first = dataclasses.replace(self.step, residual=False)
+        stem = Layer(p["input"], None, _Stem(first), "input")
+        hidden = chain.segment.replace(name="hidden")
+        return Segmented(h0=chain.h0, segments=(hidden,), stem=stem, x=x)
 
     def features(self, params, x):
         """The last hidden state h_depth, shape ``(n,)`` or ``(B, n)``."""
