@@ -409,7 +409,7 @@ def workload_b(sz: dict, repeats: int, peak: float | None) -> list[dict]:
     yb = jax.random.normal(ky, (batch, 1), jnp.float32)
     params = jax.jit(model.init)(kp, xb)
     loss = lambda p, b: jnp.mean((model.apply(p, b[0]) - b[1]) ** 2)
-    gf_norms = jax.jit(lambda p, b: gradients.layer_grad_norms(loss, p, b))
+    gf_norms = jax.jit(lambda p, b: gradients.layer_grad_norms(loss, p, b).values)
     # Forward 2·B·n² per layer, backward 4·B·n² (input and weight gradients).
     flops = 6.0 * batch * width**2 * (depth + 1)
     extra["nominal_flops_formula"] = "6·B·n²·(depth + 1)"

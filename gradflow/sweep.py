@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import importlib
 import itertools
@@ -497,12 +498,31 @@ def _mse_data(model, kx, ky, batch):
     return x, y
 
 
+def _mse(readout, h, y):
+    from gradflow.models import _common
+
+    return jnp.mean((_common.readout(readout, h) - y) ** 2)
+
+
 def _mse_grad_norms(model, params, kx, ky, batch):
+    """Per-layer gradient norms of the MSE loss, input layer first, readout last, in log form.
+
+    By the renormalised reverse pass along the whole network (``chain_grad_norms``): at depth a
+    sigmoid net's float32 ``jax.grad`` is exactly 0 for most layers, its log-norm is not.
+    """
     from gradflow import gradients
 
     x, y = _mse_data(model, kx, ky, batch)
-    loss = lambda p, b: jnp.mean((model.apply(p, b[0]) - b[1]) ** 2)
-    return gradients.layer_grad_norms(loss, params, (x, y)), x
+    loss = functools.partial(_mse, y=y)
+    readout = params["params"]["readout"]
+    chain = model.full_chain(params, x)
+    norms = gradients.chain_grad_norms(chain, loss, head_params=readout, head_name="readout")
+    return norms, x
+
+
+def _log10_first_over_last(norms):
+    # A difference of logs: the ratio of plain norms would be 0/0 once both underflow.
+    return norms.log10[0] - norms.log10[-2]
 
 
 def layer_grad_norms(point, *, batch: int = 16, residual: bool = False):
@@ -518,7 +538,10 @@ def layer_grad_norms(point, *, batch: int = 16, residual: bool = False):
     model = mlp_from_point(point, residual=residual)
     params = model.init(kp, jnp.zeros((int(point["width"]),), _checks.default_float()))
     norms, _ = _mse_grad_norms(model, params, kx, ky, batch)
-    return {"layer_grad_norms": norms, "log10_first_over_last": jnp.log10(norms[0] / norms[-2])}
+    return {
+        "layer_grad_norms": norms.values,
+        "log10_first_over_last": _log10_first_over_last(norms),
+    }
 
 
 def top_lyapunov(jacobians_or_chain, key):
@@ -588,7 +611,6 @@ def gradient_diagnostics(point, *, batch: int = 16, residual: bool = False):
         of the mean-field χ₁ = σ_w² E[φ'(z)²] (which it equals for zero-mean weights).
     """
     from gradflow import gradients, jacobians
-    from gradflow.models import _common
 
     if int(point["depth"]) < 2:
         raise ValueError(f"gradient_diagnostics needs depth >= 2, got {point['depth']}")
@@ -599,15 +621,16 @@ def gradient_diagnostics(point, *, batch: int = 16, residual: bool = False):
     _, y = _mse_data(model, kx, ky, batch)
     readout = params["params"]["readout"]
     states = gradients.state_grad_norms(
-        model.chain(params, x), lambda h: jnp.mean((_common.readout(readout, h) - y) ** 2)
+        model.chain(params, x), functools.partial(_mse, readout, y=y), log10=True
     )
     jac = jacobians.step_jacobians(model.chain(params, x[0]))
     chi1 = jnp.mean(jnp.sum(jac**2, axis=(1, 2))) / jac.shape[-1]
     return {
-        "layer_grad_norms": norms,
-        "log10_first_over_last": jnp.log10(norms[0] / norms[-2]),
-        "state_grad_norms": states,
-        "log10_state_first_over_last": jnp.log10(states[0] / states[-1]),
+        "layer_grad_norms": norms.values,
+        "log10_first_over_last": _log10_first_over_last(norms),
+        "state_grad_norms": jnp.power(10.0, states),
+        # A difference of logs: finite where the norms themselves underflow.
+        "log10_state_first_over_last": states[0] - states[-1],
         "lyapunov": top_lyapunov(jac, jax.random.fold_in(ky, 1)),
         "chi1_empirical": chi1,
     }

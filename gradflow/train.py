@@ -21,6 +21,7 @@ soft constraint that preserves the norm of the back-propagated error), and the o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -61,12 +62,15 @@ class History(NamedTuple):
     Attributes:
       loss: ``(S,)`` the loss at every step (NaN after a divergence).
       steps: ``(M,)`` int, the step of each monitored record (0, E, 2E, … for E = monitor_every).
-      layer_grad_norms: ``(M, L)`` ‖∂L/∂θ_l‖, input layer first (see ``gradients.layer_norms``).
+      layer_grad_norms: ``(M, L)`` ‖∂L/∂θ_l‖, layers in forward order, input layer first (as
+        ``gradients.layer_grad_norms``; computed in log form, so 0 only for a zero gradient).
       update_ratios: ``(M, L)`` ‖Δθ_l‖ / ‖θ_l‖ for the update the optimiser made at that step.
       param_norms: ``(M, L)`` ‖θ_l‖.
       global_grad_norm: ``(M,)`` ‖∂L/∂θ‖ (before any clipping).
       state_grad_norms: ``(M, K + 1)`` ‖∂L/∂h_k‖ from ``state_grad_fn``, or None.
       metrics: ``eval_fn(params)`` stacked over monitored steps (leaves ``(M, …)``), or None.
+      layer_grad_log10_norms: ``(M, L)`` log10 ‖∂L/∂θ_l‖, finite where ``layer_grad_norms``
+        would underflow (−inf for a zero gradient).
     """
 
     loss: jax.Array
@@ -77,6 +81,7 @@ class History(NamedTuple):
     global_grad_norm: jax.Array
     state_grad_norms: jax.Array | None = None
     metrics: Any = None
+    layer_grad_log10_norms: jax.Array | None = None
 
 
 class Divergence(NamedTuple):
@@ -360,7 +365,7 @@ def make_fit(
     max_grad_norm: float | None = None,
     state_grad_fn: Callable[[Any, Any], jax.Array] | None = None,
     eval_fn: Callable[[Any], Any] | None = None,
-    stacked: Sequence[str] = _gradients.STACKED,
+    stacked: Sequence[str] | None = None,
 ) -> Callable[..., FitResult]:
     """The pure training loop behind :func:`fit`: ``run(params, batches, opt_state=None)``.
 
@@ -384,26 +389,29 @@ def make_fit(
     limit = np.inf if max_grad_norm is None else float(max_grad_norm)
     value_and_grad = jax.value_and_grad(loss_fn)
 
-    def layer_norms(tree):
-        return _gradients.layer_norms(tree, stacked=stacked)
-
-    def train_step(carry, batch):
+    def train_step(order, carry, batch):
         params, opt_state, div, t = carry
+
+        def layer_norms(tree):
+            # Log form: a layer whose gradient is 1e-25 in float32 is not reported as 0.
+            return _gradients.layer_norms(tree, stacked=stacked, order=order)
 
         def live(_):
             loss, grads = value_and_grad(params, batch)
-            g = layer_norms(grads)
+            g_norms = layer_norms(grads)
+            g = g_norms.values
             bad = ~jnp.isfinite(g) | (g > limit)
             updates, new_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
-            u = layer_norms(updates)
+            u_norms = layer_norms(updates)
+            u = u_norms.values
             bad_now = ~jnp.isfinite(loss) | jnp.any(bad) | ~jnp.all(jnp.isfinite(u))
             # Back-propagation visits the readout first: the started-layer is the last bad index.
             layer = jnp.max(jnp.where(bad, jnp.arange(g.shape[0], dtype=jnp.int32), -1))
             # A forward overflow poisons every gradient alike: no layer can be singled out, and
             # naming the readout (the last bad index) would point at the wrong end.
             layer = jnp.where(~jnp.isfinite(loss) & jnp.all(bad), -1, layer)
-            return new_params, new_state, (loss, bad_now, layer, g, u)
+            return new_params, new_state, (loss, bad_now, layer, g_norms, u_norms)
 
         def dead(_):
             # Once diverged, nothing is computed: the record is NaN and the state is frozen.
@@ -419,19 +427,23 @@ def make_fit(
                 ),
             )
 
-        new_params, new_state, (loss, bad_now, layer, g, u) = jax.lax.cond(
+        new_params, new_state, (loss, bad_now, layer, g_norms, u_norms) = jax.lax.cond(
             div.diverged, dead, live, None
         )
         first = ~div.diverged & bad_now
         ok = ~div.diverged & ~bad_now
 
         def monitor(_):
-            p = layer_norms(params)
+            p_norms = layer_norms(params)
+            p = p_norms.values
+            # ‖Δθ‖/‖θ‖ as a difference of logs: exact even where both norms are tiny.
+            ratio = jnp.power(10.0, u_norms.log10 - p_norms.log10)
             rec = {
-                "g": g,
-                "ratio": u / jnp.where(p > 0, p, 1.0),
+                "g": g_norms.values,
+                "g_log10": g_norms.log10,
+                "ratio": jnp.where(p > 0, ratio, u_norms.values),
                 "p": p,
-                "gnorm": jnp.sqrt(jnp.sum(jnp.square(g))),
+                "gnorm": jnp.power(10.0, g_norms.global_log10),
             }
             if state_grad_fn is not None:
                 rec["state"] = state_grad_fn(params, batch)
@@ -459,7 +471,7 @@ def make_fit(
             step=jnp.where(first, t, div.step).astype(jnp.int32),
             layer=jnp.where(first, layer, div.layer).astype(jnp.int32),
             loss_finite=jnp.where(first, jnp.isfinite(loss), div.loss_finite),
-            layer_grad_norms=jnp.where(first, g, div.layer_grad_norms),
+            layer_grad_norms=jnp.where(first, g_norms.values, div.layer_grad_norms),
         )
         return (params, opt_state, div, t + 1), (jnp.where(keep, loss, jnp.nan), rec)
 
@@ -467,7 +479,9 @@ def make_fit(
         s = _num_steps(batches)
         if opt_state is None:
             opt_state = optimizer.init(params)
-        n_layers = layer_norms(params).shape[0]
+        # The layers in the order the forward pass uses them, as gradients.layer_grad_norms.
+        order = _gradients.forward_order(loss_fn, params, jax.tree.map(lambda a: a[0], batches))
+        n_layers = len(jax.eval_shape(lambda p: _gradients.layer_norms(p, stacked=stacked), params))
         dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
         div = Divergence(
             diverged=jnp.array(False),
@@ -477,13 +491,15 @@ def make_fit(
             layer_grad_norms=jnp.zeros((n_layers,), dtype),
         )
         carry = (params, opt_state, div, jnp.array(0, jnp.int32))
-        carry, (losses, rec) = jax.lax.scan(train_step, carry, batches, length=s)
+        step = functools.partial(train_step, order)
+        carry, (losses, rec) = jax.lax.scan(step, carry, batches, length=s)
         rec = jax.tree_util.tree_map(lambda x: x[::monitor_every], rec)
         params, opt_state, div, _ = carry
         history = History(
             loss=losses,
             steps=jnp.arange(0, s, monitor_every),
             layer_grad_norms=rec["g"],
+            layer_grad_log10_norms=rec["g_log10"],
             update_ratios=rec["ratio"],
             param_norms=rec["p"],
             global_grad_norm=rec["gnorm"],
@@ -507,7 +523,7 @@ def fit(
     state_grad_fn: Callable[[Any, Any], jax.Array] | None = None,
     eval_fn: Callable[[Any], Any] | None = None,
     opt_state=None,
-    stacked: Sequence[str] = _gradients.STACKED,
+    stacked: Sequence[str] | None = None,
     jit: bool = True,
 ) -> FitResult:
     """Trains ``params`` for S steps with an optax optimiser, monitoring the gradients.
@@ -520,8 +536,8 @@ def fit(
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``.
-      params: initial parameters (as from ``model.init``): a dict of layers, see
-        ``gradients.layer_norms`` for how layers are counted.
+      params: initial parameters (as from ``model.init``): any pytree of arrays; layers are
+        named and ordered as by ``gradients.layer_grad_norms``.
       batches: a pytree whose leaves have a leading axis of S steps; step t gets the t-th slice.
       optimizer: any optax ``GradientTransformation`` (see :func:`sgd`, :func:`adam`,
         :func:`rprop`, :func:`with_clipping`).
@@ -533,7 +549,8 @@ def fit(
         monitored steps, e.g. :func:`recurrent_state_grad_fn`.
       eval_fn: optional ``params -> pytree`` of metrics recorded at monitored steps and at the end.
       opt_state: optimiser state to resume from (default ``optimizer.init(params)``).
-      stacked: parameter groups stacked on a leading layer axis (see ``gradients.layer_norms``).
+      stacked: parameter groups stacked on a leading layer axis (see ``gradients.named_norms``;
+        None: ``hidden`` of gradflow's own models only).
       jit: whether to ``jax.jit`` the loop (False is for debugging).
 
     Returns:

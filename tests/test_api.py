@@ -62,6 +62,9 @@ def test_design_contract_names():
         "jacobians.backward_products",
         "jacobians.input_output_jacobian",
         "gradients.layer_grad_norms",
+        "gradients.named_norms",
+        "gradients.forward_order",
+        "gradients.NamedNorms",
         "gradients.state_grad_norms",
         "spectra.singular_values",
         "spectra.spectral_radius",
@@ -121,11 +124,14 @@ def test_gradients_and_spectra_under_transform(transform):
         return jnp.sum(jnp.tanh(b @ p["input"]["kernel"]) @ p["readout"]["kernel"])
 
     norms = transform(lambda p, b: gf.gradients.layer_grad_norms(loss, p, b))(params, x)
+    assert norms.names == ("input", "readout")
     # By hand: ∂L/∂W₂ = Σ_b tanh(x_b W₁); ∂L/∂W₁ = Σ_b x_bᵀ (tanh'(x_b W₁) ⊙ W₂ᵀ).
     h = np.tanh(x @ params["input"]["kernel"])
     g_out = h.sum(0)
     g_in = x.T @ ((1 - h**2) * params["readout"]["kernel"][:, 0][None, :])
-    np.testing.assert_allclose(norms, [np.linalg.norm(g_in), np.linalg.norm(g_out)], rtol=1e-5)
+    np.testing.assert_allclose(
+        norms.values, [np.linalg.norm(g_in), np.linalg.norm(g_out)], rtol=1e-5
+    )
     a = rng.standard_normal((3, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(
         transform(gf.spectra.singular_values)(a),
@@ -152,10 +158,12 @@ def test_vmap_layer_grad_norms_over_seeds_equals_stacking():
     f = lambda p: gf.gradients.layer_grad_norms(loss, p, x)  # noqa: E731
     stacked, trees = _stacked_params(model, x, range(3))
     batched = jax.jit(jax.vmap(f))(stacked)
-    assert batched.shape == (3, 4)
+    assert batched.log10.shape == (3, 4) and len(batched) == 4  # names stay static
     single = jax.jit(f)
     # vmap and a loop run the same float32 ops on the same numbers; 1e-5 allows reassociation.
-    np.testing.assert_allclose(batched, np.stack([single(t) for t in trees]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        batched.values, np.stack([single(t).values for t in trees]), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_vmap_backward_products_over_seeds():

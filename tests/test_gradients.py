@@ -1,11 +1,15 @@
-"""Per-layer gradient norms and per-state gradient norms against explicit gradients."""
+"""Named, forward-ordered gradient norms and per-state gradient norms against explicit gradients."""
+
+import dataclasses
 
 import _reference as ref
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import gradflow as gf
 from gradflow.models import LSTM, MLP, RNN
@@ -34,14 +38,22 @@ def _mlp_setup(depth=4):
     return model, ref.random_params(model, x), (x, y)
 
 
+def _np_norm(*leaves):
+    """Frobenius norm of several arrays together, in float64 NumPy (the independent reference)."""
+    return np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in leaves))
+
+
 def test_mlp_layer_count_and_global_norm():
     model, params, batch = _mlp_setup(depth=4)
     loss = _mse_loss(model)
     norms = jax.jit(lambda p, b: gf.gradients.layer_grad_norms(loss, p, b))(params, batch)
-    assert norms.shape == (4 + 1,)  # depth hidden layers + readout
+    assert isinstance(norms, gf.gradients.NamedNorms)
+    assert norms.names == ("input", "hidden/0", "hidden/1", "hidden/2", "readout")
+    assert norms.log10.shape == (4 + 1,) and len(norms) == 5  # depth hidden layers + readout
     grads = jax.jit(jax.grad(loss))(params, batch)
     global_norm = float(_optax_norm(grads))
-    np.testing.assert_allclose(float(jnp.sqrt(jnp.sum(norms**2))), global_norm, **_TOL32)
+    np.testing.assert_allclose(float(jnp.sqrt(jnp.sum(norms.values**2))), global_norm, **_TOL32)
+    np.testing.assert_allclose(10 ** float(norms.global_log10), global_norm, **_TOL32)
     np.testing.assert_allclose(float(gf.gradients.global_norm(grads)), global_norm, **_TOL32)
     # Each entry is one layer's (kernel, bias) gradient norm, input layer first.
     g = grads["params"]
@@ -50,13 +62,19 @@ def test_mlp_layer_count_and_global_norm():
         _optax_norm(jax.tree_util.tree_map(lambda a, k=k: a[k], g["hidden"])) for k in range(3)
     ]
     expected += [_optax_norm(g["readout"])]
-    np.testing.assert_allclose(norms, np.array(expected), **_TOL32)
+    np.testing.assert_allclose(norms.values, np.array(expected), **_TOL32)
+    np.testing.assert_allclose(norms.log10, np.log10(np.array(expected)), rtol=1e-5, atol=1e-6)
+    assert list(norms.as_dict()) == list(norms.names)
+    np.testing.assert_allclose(norms.as_dict()["readout"], expected[-1], **_TOL32)
+    np.testing.assert_allclose(norms.as_dict(log10=True)["input"], norms.log10[0])
 
 
 @pytest.mark.parametrize("frozen", [0, 1, 3, 4])
 def test_layer_order_by_freezing_one_layer(frozen):
     # stop_gradient on exactly one layer must zero exactly that entry: checks the order
-    # (input, hidden 1 … depth−1, readout) independently of how the groups are named.
+    # (input, hidden 1 … depth−1, readout) independently of how the groups are named. It also
+    # checks that forward_order sees through stop_gradient and slicing (applied before the
+    # forward pass) to where the layer meets the data.
     model, params, batch = _mlp_setup(depth=4)
     mse = _mse_loss(model)
 
@@ -73,45 +91,364 @@ def test_layer_order_by_freezing_one_layer(frozen):
             }
         return mse({"params": p}, batch)
 
-    norms = np.asarray(
-        jax.jit(lambda p, b: gf.gradients.layer_grad_norms(loss, p, b))(params, batch)
-    )
-    assert norms[frozen] == 0.0
-    assert np.all(np.delete(norms, frozen) > 0.0)
+    norms = jax.jit(lambda p, b: gf.gradients.layer_grad_norms(loss, p, b))(params, batch)
+    values = np.asarray(norms.values)
+    assert norms.names == ("input", "hidden/0", "hidden/1", "hidden/2", "readout")
+    assert values[frozen] == 0.0 and norms.log10[frozen] == -np.inf
+    assert np.all(np.delete(values, frozen) > 0.0)
 
 
 def test_layer_norms_scaling_one_layer():
     _, params, _ = _mlp_setup(depth=4)
-    base = np.asarray(gf.gradients.layer_norms(params))
+    base = np.asarray(gf.gradients.layer_norms(params).values)
     scaled = jax.tree_util.tree_map(np.copy, params)
     scaled["params"]["hidden"]["kernel"][1] *= 3.0
     scaled["params"]["hidden"]["bias"][1] *= 3.0
     # Only entry 2 (input, hidden 1, hidden 2, …) triples.
     np.testing.assert_allclose(
-        gf.gradients.layer_norms(scaled), base * np.array([1, 1, 3, 1, 1]), **_TOL32
+        gf.gradients.layer_norms(scaled).values, base * np.array([1, 1, 3, 1, 1]), **_TOL32
     )
 
 
-def test_layer_norms_natural_order_of_generic_flax_names():
-    # Keys outside gradflow's layer names come in natural order: Dense_2 before Dense_10.
+def test_named_norms_natural_order_of_generic_flax_names():
+    # Without a forward pass to trace, names outside LAYER_ORDER come in natural order.
     tree = {f"Dense_{i}": {"kernel": np.full((2, 2), float(i + 1))} for i in (10, 0, 2, 1)}
+    norms = gf.gradients.named_norms(tree)
+    assert norms.names == ("Dense_0", "Dense_1", "Dense_2", "Dense_10")
     # ‖kernel‖_F = 2·(i + 1) for a 2×2 matrix filled with i + 1.
-    np.testing.assert_allclose(gf.gradients.layer_norms(tree), [2.0, 4.0, 6.0, 22.0], **_TOL32)
+    np.testing.assert_allclose(norms.values, [2.0, 4.0, 6.0, 22.0], **_TOL32)
+    # An explicit order wins; names it leaves out follow in the default order.
+    assert gf.gradients.named_norms(tree, order=["Dense_2"]).names[:2] == ("Dense_2", "Dense_0")
 
 
-def test_recurrent_layers():
-    model = RNN(width=4, out_features=2)
-    u = np.random.default_rng(1).standard_normal((6, 5, 3)).astype(np.float32)
-    y = np.ones((6, 2), np.float32)
-    params = ref.random_params(model, u)
-    loss = _mse_loss(model)
-    norms = gf.gradients.layer_grad_norms(loss, params, (u, y))
-    g = jax.grad(loss)(params, (u, y))["params"]
-    expected = [_optax_norm(g[k]) for k in ("input", "recurrent", "readout")]
-    np.testing.assert_allclose(norms, np.array(expected), **_TOL32)
+def test_named_norms_depth_and_path_names():
+    rng = np.random.default_rng(5)
+    a = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    tree = {
+        "params": {
+            "Block_0": {
+                "Dense_0": {"kernel": a(3, 4), "bias": a(4)},
+                "LayerNorm_0": {"scale": a(4)},
+            },
+            "Embed_0": {"embedding": a(5, 3)},
+            "heads": [a(4, 2), {"w": a(2)}],
+        }
+    }
+    p = tree["params"]
+    one = gf.gradients.named_norms(tree)  # the {"params": …} wrapper is unwrapped
+    assert one.names == ("Block_0", "Embed_0", "heads")
+    np.testing.assert_allclose(
+        one.values,
+        [_np_norm(*jax.tree.leaves(p[k])) for k in ("Block_0", "Embed_0", "heads")],
+        **_TOL32,
+    )
+    two = gf.gradients.named_norms(tree, depth=2)
+    assert two.names == (
+        "Block_0/Dense_0",
+        "Block_0/LayerNorm_0",
+        "Embed_0/embedding",
+        "heads/0",
+        "heads/1",
+    )
+    np.testing.assert_allclose(
+        np.asarray(two.values)[[0, 3]],
+        [_np_norm(*jax.tree.leaves(p["Block_0"]["Dense_0"])), _np_norm(p["heads"][0])],
+        **_TOL32,
+    )
+    deep = gf.gradients.named_norms(tree, depth=5)  # deeper than the tree: full paths
+    assert "Block_0/Dense_0/kernel" in deep.names and "heads/1/w" in deep.names
+    np.testing.assert_allclose(
+        float(jnp.sqrt(jnp.sum(deep.values**2))), float(_optax_norm(tree)), **_TOL32
+    )
 
 
-def test_layer_grad_norms_errors():
+@dataclasses.dataclass
+class _Net:
+    """An equinox-style pytree: a dataclass whose fields are arrays and lists of layers."""
+
+    encoder: jax.Array
+    layers: list
+
+
+jax.tree_util.register_dataclass(_Net, data_fields=["encoder", "layers"], meta_fields=[])
+
+
+def test_named_norms_dataclass_pytree_and_lists():
+    rng = np.random.default_rng(6)
+    net = _Net(
+        encoder=rng.standard_normal((3, 4)),
+        layers=[{"w": rng.standard_normal((4, 4)), "b": rng.standard_normal(4)} for _ in range(3)],
+    )
+    norms = gf.gradients.named_norms(net, depth=2)
+    assert norms.names == ("encoder", "layers/0", "layers/1", "layers/2")
+    expected = [_np_norm(net.encoder)] + [_np_norm(layer["w"], layer["b"]) for layer in net.layers]
+    np.testing.assert_allclose(norms.values, expected, **_TOL32)
+
+
+def test_named_norms_jit_and_vmap_equal_stacking():
+    rng = np.random.default_rng(7)
+    trees = [
+        {"b": rng.standard_normal((3, 2)).astype(np.float32), "a": rng.standard_normal(2)}
+        for _ in range(3)
+    ]
+    stacked = jax.tree.map(lambda *x: np.stack(x), *trees)
+    batched = jax.jit(jax.vmap(gf.gradients.named_norms))(stacked)
+    assert batched.names == ("a", "b") and batched.log10.shape == (3, 2)
+    single = jax.jit(gf.gradients.named_norms)
+    # Same float32 operations on the same numbers: agreement to reassociation (1e-6).
+    np.testing.assert_allclose(
+        batched.log10, np.stack([single(t).log10 for t in trees]), rtol=1e-6, atol=1e-6
+    )
+    assert batched.as_dict()["b"].shape == (3,) and batched.global_log10.shape == (3,)
+
+
+def test_tiny_gradients_keep_finite_logs_in_float32():
+    # Entries of 1e-25: representable in float32 (min normal 1.2e-38), but their squares (1e-50)
+    # are not, so sqrt(sum(g**2)) is exactly 0. The log form must match float64 NumPy.
+    rng = np.random.default_rng(8)
+    grads = {
+        "params": {
+            "input": {"kernel": rng.uniform(0.5, 1.5, (4, 3)) * 1e-25},
+            "hidden": {"kernel": rng.uniform(0.5, 1.5, (2, 3, 3)), "bias": np.ones((2, 3))},
+            "readout": {"kernel": rng.uniform(0.5, 1.5, (3, 1)) * 1e-30},
+        }
+    }
+    grads["params"]["hidden"] = {k: v * 1e-27 for k, v in grads["params"]["hidden"].items()}
+    g32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), grads)
+    g64 = jax.tree.map(lambda a: np.asarray(jnp.asarray(a, jnp.float32), np.float64), grads)
+    assert float(jnp.sqrt(jnp.sum(jnp.square(g32["params"]["input"]["kernel"])))) == 0.0
+    norms = jax.jit(gf.gradients.layer_norms)(g32)
+    p = g64["params"]
+    expected = [_np_norm(p["input"]["kernel"])]
+    expected += [_np_norm(p["hidden"]["kernel"][k], p["hidden"]["bias"][k]) for k in range(2)]
+    expected += [_np_norm(p["readout"]["kernel"])]
+    assert norms.log10.dtype == jnp.float32
+    # |log10| ≈ 25…30 in float32: absolute rounding ~30·6e-8 ≈ 2e-6, so 1e-5 has a 5× margin.
+    np.testing.assert_allclose(norms.log10, np.log10(expected), rtol=0, atol=1e-5)
+    # The plain values are the same numbers (relative error ~|ln v|·eps ≈ 4e-6), not 0.
+    np.testing.assert_allclose(norms.values, expected, rtol=2e-5)
+    np.testing.assert_allclose(
+        float(norms.global_log10), np.log10(_np_norm(*jax.tree.leaves(g64))), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        float(gf.gradients.global_norm(g32)), _np_norm(*jax.tree.leaves(g64)), rtol=2e-5
+    )
+
+
+def test_norms_are_differentiable_at_zero_leaves():
+    # d/dθ Σ_l ‖θ_l‖² = 2θ, also for all-zero leaves (zero-initialised biases), where the log
+    # form must not turn 0·inf into NaN.
+    _, params, _ = _mlp_setup(depth=3)
+    params = jax.tree.map(np.copy, params)
+    params["params"]["readout"]["kernel"][:] = 0.0
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(gf.gradients.layer_norms(p).values ** 2)))(params)
+    # exp(log(·)) round trip in float32: ~|ln v|·eps relative.
+    for g, p in zip(jax.tree.leaves(grad), jax.tree.leaves(params)):
+        np.testing.assert_allclose(g, 2 * p, rtol=1e-5, atol=1e-7)
+
+
+# --- forward order --------------------------------------------------------------------------------
+class _TinyTransformer(nn.Module):
+    """Embedding, two pre-norm residual blocks (attention + MLP), a head. Attribute names sort
+    against the forward order: "a_head" < "blocks_0" < "z_embed" alphabetically."""
+
+    vocab: int = 7
+    dim: int = 8
+
+    def setup(self):
+        self.z_embed = nn.Embed(self.vocab, self.dim)
+        self.blocks_0 = _Block(self.dim)
+        self.blocks_1 = _Block(self.dim)
+        self.a_head = nn.Dense(self.vocab)
+
+    def __call__(self, tokens):
+        h = self.z_embed(tokens)
+        h = self.blocks_1(self.blocks_0(h))
+        return self.a_head(h)
+
+
+class _Block(nn.Module):
+    dim: int
+
+    @nn.compact
+    def __call__(self, h):
+        h = h + nn.SelfAttention(num_heads=2, qkv_features=self.dim)(nn.LayerNorm()(h))
+        return h + nn.Dense(self.dim)(jnp.tanh(nn.Dense(2 * self.dim)(nn.LayerNorm()(h))))
+
+
+def _xent(model):
+    def loss(params, tokens):
+        logits = model.apply(params, tokens[:, :-1])
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
+
+    return loss
+
+
+def test_transformer_layers_in_forward_order():
+    model = _TinyTransformer()
+    tokens = jnp.asarray(np.random.default_rng(9).integers(0, 7, (2, 6)))
+    # Everything jitted: eager Flax init and grad dispatch op by op and take seconds.
+    params = jax.jit(model.init)(jax.random.key(0), tokens[:, :-1])
+    loss = _xent(model)
+    both = lambda p, t: (gf.gradients.layer_grad_norms(loss, p, t), jax.grad(loss)(p, t))  # noqa: E731
+    norms, grads = jax.jit(both)(params, tokens)
+    assert norms.names == ("z_embed", "blocks_0", "blocks_1", "a_head")
+    grads = grads["params"]
+    expected = [_optax_norm(grads[k]) for k in norms.names]
+    np.testing.assert_allclose(norms.values, expected, **_TOL32)
+    np.testing.assert_allclose(
+        float(jnp.sqrt(jnp.sum(norms.values**2))), float(_optax_norm(grads)), **_TOL32
+    )
+    # Inside a block, in call order, which is not the order of Flax's automatic names.
+    inner = gf.gradients.forward_order(loss, params, tokens, depth=2)
+    assert inner[0] == "z_embed/embedding" and inner[-2:] == ("a_head/kernel", "a_head/bias")
+    assert [n for n in inner if n.startswith("blocks_0/")] == [
+        "blocks_0/LayerNorm_0",
+        "blocks_0/SelfAttention_0",
+        "blocks_0/LayerNorm_1",
+        "blocks_0/Dense_1",  # `nn.Dense(dim)(… nn.Dense(2 dim)(…))`: the outer one is named first
+        "blocks_0/Dense_0",
+    ]
+
+
+class _LSTMReadout(nn.Module):
+    @nn.compact
+    def __call__(self, u):
+        h = nn.RNN(nn.OptimizedLSTMCell(5, name="z_cell"))(u)
+        return nn.Dense(1, name="a_readout")(h[:, -1])
+
+
+def test_lstm_cell_before_readout():
+    model = _LSTMReadout()
+    u = jnp.asarray(np.random.default_rng(10).standard_normal((2, 4, 3)), jnp.float32)
+    params = jax.jit(model.init)(jax.random.key(1), u)
+    loss = lambda p, u: jnp.sum(model.apply(p, u) ** 2)  # noqa: E731
+    both = lambda p, u: (gf.gradients.layer_grad_norms(loss, p, u), jax.grad(loss)(p, u))  # noqa: E731
+    norms, grads = jax.jit(both)(params, u)
+    assert norms.names == ("z_cell", "a_readout")
+    grads = grads["params"]
+    np.testing.assert_allclose(
+        norms.values, [_optax_norm(grads["z_cell"]), _optax_norm(grads["a_readout"])], **_TOL32
+    )
+    # A jitted loss is one `jit` equation around everything: the order comes from inside it.
+    assert gf.gradients.forward_order(jax.jit(loss), params, u) == norms.names
+
+
+def test_forward_order_through_control_flow():
+    """jit, cond, while, checkpoint and custom_jvp each hide a use inside a sub-jaxpr; an unused
+    leaf and one used only with other parameters come last."""
+    p = {k: jnp.full((3,), 0.5) for k in ("a", "b", "c", "d", "e", "unused", "zz_loose")}
+
+    @jax.custom_jvp
+    def f(x):
+        return jnp.sin(x)
+
+    f.defjvp(lambda primals, tangents: (f(primals[0]), jnp.cos(primals[0]) * tangents[0]))
+
+    def fn(p, x):
+        h = jax.jit(lambda w, h: w * h)(p["e"], x)
+        h = jax.lax.cond(h[0] > 0, lambda h: h + p["d"], lambda h: h - p["d"], h)
+        h = jax.lax.while_loop(lambda c: c[1] < 2, lambda c: (c[0] * p["c"], c[1] + 1), (h, 0))[0]
+        h = jax.checkpoint(lambda h: h * p["b"])(h)
+        return jnp.sum(f(h * p["a"])) + jnp.sum(p["zz_loose"] ** 2)
+
+    order = gf.gradients.forward_order(fn, p, jnp.ones(3))
+    assert order == ("e", "d", "c", "b", "a", "zz_loose", "unused")
+
+
+def _nnx_mlp():
+    class MLP3(nnx.Module):
+        def __init__(self, rngs):
+            self.z_in = nnx.Linear(3, 6, rngs=rngs)
+            self.m_mid = nnx.Linear(6, 6, rngs=rngs)
+            self.a_out = nnx.Linear(6, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.a_out(jnp.tanh(self.m_mid(jnp.tanh(self.z_in(x)))))
+
+    return MLP3(nnx.Rngs(0))
+
+
+def test_nnx_state_names_values_and_forward_order():
+    model = _nnx_mlp()
+    rng = np.random.default_rng(11)
+    batch = (rng.standard_normal((4, 3)).astype(np.float32), np.zeros((4, 2), np.float32))
+
+    def loss(m, b):
+        return jnp.mean((m(b[0]) - b[1]) ** 2)
+
+    grads = nnx.grad(loss)(model, batch)
+    norms = gf.gradients.named_norms(grads)
+    assert norms.names == ("a_out", "m_mid", "z_in")  # no forward pass: natural order
+    expected = {
+        k: _np_norm(getattr(grads, k)["kernel"][...], getattr(grads, k)["bias"][...])
+        for k in norms.names
+    }
+    np.testing.assert_allclose(norms.values, list(expected.values()), **_TOL32)
+    deep = gf.gradients.named_norms(grads, depth=2)  # no ".value" component from the Variables
+    assert deep.names[:2] == ("a_out/bias", "a_out/kernel")
+
+    # The functional form: params are the nnx.State, the loss merges it back into a module.
+    graphdef, state = nnx.split(model)
+    fn = lambda s, b: loss(nnx.merge(graphdef, s), b)  # noqa: E731
+    ordered = jax.jit(lambda s, b: gf.gradients.layer_grad_norms(fn, s, b))(state, batch)
+    assert ordered.names == ("z_in", "m_mid", "a_out")
+    np.testing.assert_allclose(ordered.values, [expected[k] for k in ordered.names], **_TOL32)
+    params = nnx.state(model, nnx.Param)
+    assert gf.gradients.forward_order(fn, params, batch) == ordered.names
+
+
+# --- stacked groups -------------------------------------------------------------------------------
+def test_user_dense_named_hidden_is_not_split():
+    # A user's 3-layer net with an ordinary Dense called "hidden": three layers, not the 18 rows
+    # that splitting "hidden" by its leading axis would give.
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = jnp.tanh(nn.Dense(6, name="input")(x))
+            x = jnp.tanh(nn.Dense(6, name="hidden")(x))
+            return nn.Dense(1, name="readout")(x)
+
+    x = jnp.ones((2, 3))
+    params = Net().init(jax.random.key(2), x)
+    loss = lambda p, x: jnp.sum(Net().apply(p, x) ** 2)  # noqa: E731
+    norms = gf.gradients.layer_grad_norms(loss, params, x)
+    assert norms.names == ("input", "hidden", "readout")
+    with pytest.raises(ValueError, match=r"stacked.*'hidden'.*\(6, 6\)"):
+        gf.gradients.layer_grad_norms(loss, params, x, stacked=("hidden",))
+
+
+def test_explicit_stacked_group_in_place():
+    rng = np.random.default_rng(12)
+    tree = {
+        "embed": rng.standard_normal((5, 4)),
+        "blocks": {"kernel": rng.standard_normal((3, 4, 4)), "gain": rng.standard_normal(3)},
+        "head": rng.standard_normal((4, 2)),
+    }
+    norms = gf.gradients.named_norms(tree, stacked=["blocks"], order=["embed", "blocks", "head"])
+    assert norms.names == ("embed", "blocks/0", "blocks/1", "blocks/2", "head")
+    b = tree["blocks"]
+    expected = [_np_norm(tree["embed"])]
+    expected += [_np_norm(b["kernel"][k], b["gain"][k]) for k in range(3)]
+    expected += [_np_norm(tree["head"])]
+    np.testing.assert_allclose(norms.values, expected, **_TOL32)
+
+
+@pytest.mark.parametrize(
+    "group,problem",
+    [
+        ({"kernel": np.ones((3, 4)), "bias": np.ones(4)}, "leading lengths differ"),
+        ({"kernel": np.ones((4, 4)), "bias": np.ones(4)}, "plain Dense"),
+        ({"scale": np.ones(4), "bias": np.ones(4)}, "1-D"),
+        ({"kernel": np.ones((2, 4, 4)), "step": np.ones(())}, "scalar"),
+    ],
+)
+def test_stacked_rejects_groups_that_are_not_stacks(group, problem):
+    with pytest.raises(ValueError, match=f"stacked.*'g'.*{problem}"):
+        gf.gradients.named_norms({"g": group, "other": np.ones(2)}, stacked=("g",))
+
+
+def test_errors():
     _, params, batch = _mlp_setup()
     with pytest.raises(TypeError, match="loss_fn"):
         gf.gradients.layer_grad_norms("mse", params, batch)
@@ -119,8 +456,22 @@ def test_layer_grad_norms_errors():
     broken["params"]["input"]["bias"][0] = np.nan
     with pytest.raises(ValueError, match="params.*non-finite"):
         gf.gradients.layer_grad_norms(lambda p, b: 0.0, broken, batch)
-    with pytest.raises(TypeError, match="dict"):
-        gf.gradients.layer_norms([np.ones(3)])
+    with pytest.raises(TypeError, match=r"params\['input'\].*str"):
+        gf.gradients.layer_grad_norms(lambda p, b: 0.0, {"input": "weights"}, batch)
+    with pytest.raises(TypeError, match="params.*no array leaves"):
+        gf.gradients.layer_grad_norms(lambda p, b: 0.0, {}, batch)
+    with pytest.raises(TypeError, match="tree"):
+        gf.gradients.named_norms([np.ones(3), object()])
+    with pytest.raises(ValueError, match="depth"):
+        gf.gradients.layer_grad_norms(_mse_loss(MLP(width=4, depth=4)), params, batch, depth=0)
+    with pytest.raises(ValueError, match=r"depth must be >= 1"):
+        gf.gradients.named_norms(params, depth=0)
+    with pytest.raises(ValueError, match=r"'nope'.*\['input', 'hidden', 'readout'\]"):
+        gf.gradients.layer_grad_norms(lambda p, b: 0.0, params, batch, stacked=("nope",))
+    with pytest.raises(TypeError, match="stacked"):
+        gf.gradients.named_norms(params, stacked="hidden")
+    with pytest.raises(TypeError, match="fn"):
+        gf.gradients.forward_order(None, params)
 
 
 # --- state gradients ------------------------------------------------------------------------------

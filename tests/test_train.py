@@ -43,15 +43,37 @@ def test_monitor_equals_layer_grad_norms_at_the_same_step(key, x64):
         want = gradients.layer_grad_norms(loss, p_k, jax.tree.map(lambda a, k=k: a[k], batches))
         # float64: the two computations differ only in jit-vs-eager operation order (a few ulp per
         # op, amplified by at most k <= 4 momentum steps), far below 1e-10 relative.
-        np.testing.assert_allclose(res.history.layer_grad_norms[m], want, rtol=1e-10)
+        np.testing.assert_allclose(res.history.layer_grad_norms[m], want.values, rtol=1e-10)
+        np.testing.assert_allclose(res.history.layer_grad_log10_norms[m], want.log10, rtol=1e-10)
         np.testing.assert_allclose(
-            res.history.global_grad_norm[m], np.sqrt(np.sum(np.square(want))), rtol=1e-10
+            res.history.global_grad_norm[m], np.sqrt(np.sum(np.square(want.values))), rtol=1e-10
         )
         np.testing.assert_allclose(
-            res.history.param_norms[m], gradients.layer_norms(p_k), rtol=1e-10
+            res.history.param_norms[m], gradients.layer_norms(p_k).values, rtol=1e-10
         )
     assert res.history.loss.shape == (S,)
     assert np.all(np.isfinite(res.history.loss))
+
+
+def test_monitor_uses_forward_order_for_any_params(key):
+    """A plain dict whose names sort against the forward pass (z_in runs first, a_out last): the
+    history's columns are layer_grad_norms' forward order, and the readout is the last column."""
+    kx, ky, k1, k2 = jax.random.split(key, 4)
+    params = {
+        "z_in": 0.5 * jax.random.normal(k1, (3, 8)),
+        "a_out": 0.5 * jax.random.normal(k2, (8, 1)),
+    }
+    batches = (jax.random.normal(kx, (3, 16, 3)), jax.random.normal(ky, (3, 16, 1)))
+
+    def loss(p, b):
+        return jnp.mean((jnp.tanh(b[0] @ p["z_in"]) @ p["a_out"] - b[1]) ** 2)
+
+    h = train.fit(loss, params, batches, optax.sgd(0.1)).history
+    want = gradients.layer_grad_norms(loss, params, jax.tree.map(lambda a: a[0], batches))
+    assert want.names == ("z_in", "a_out")
+    # float32, jit vs eager: a few ulp.
+    np.testing.assert_allclose(h.layer_grad_norms[0], want.values, rtol=1e-5)
+    np.testing.assert_allclose(h.layer_grad_log10_norms[0], want.log10, rtol=1e-5, atol=1e-6)
 
 
 def test_update_ratios_are_update_over_param_norms(key, x64):
@@ -83,13 +105,13 @@ def test_loss_history_matches_a_manual_loop(key, x64):
 
 def _planted(params, plant_step, plant_layer):
     """A loss whose layer ``plant_layer`` gets an infinite gradient at step ``plant_step`` only."""
-    n_layers = gradients.layer_norms(params).shape[0]
+    n_layers = len(gradients.layer_norms(params))
     plant = np.zeros((S, n_layers), np.float32)
     plant[plant_step, plant_layer] = np.inf
 
     def loss(p, c):
         # Σ_l c_l ‖θ_l‖²: layer l's gradient is 2 c_l θ_l, infinite only where c_l = inf.
-        return jnp.sum(c * gradients.layer_norms(p) ** 2) + sum(
+        return jnp.sum(c * gradients.layer_norms(p).values ** 2) + sum(
             jnp.sum(jnp.square(x)) for x in jax.tree.leaves(p)
         )
 
@@ -138,7 +160,9 @@ def test_forward_overflow_names_no_layer(key):
 def test_exploding_threshold_reports_first_layer_in_backprop_order(key):
     """With max_grad_norm, the reported layer is the last (closest to the readout) above it."""
     _, params, batches, loss = _mlp_problem(key)
-    g0 = np.asarray(gradients.layer_grad_norms(loss, params, jax.tree.map(lambda a: a[0], batches)))
+    g0 = np.asarray(
+        gradients.layer_grad_norms(loss, params, jax.tree.map(lambda a: a[0], batches)).values
+    )
     threshold = float(np.median(g0))
     want = int(np.max(np.nonzero(g0 > threshold)[0]))
     with pytest.raises(train.DivergenceError) as info:

@@ -75,7 +75,7 @@ def measure_mlp(spec: NetSpec, width: int, depth: int, batch: int, keys: jax.Arr
         y = jax.random.normal(ky, (batch, 1))
         params = model.init(kp, x[0])
         loss = lambda p, b: jnp.mean((model.apply(p, b[0]) - b[1]) ** 2)
-        norms = gradients.layer_grad_norms(loss, params, (x, y))
+        norms = gradients.layer_grad_norms(loss, params, (x, y)).values
         products = jacobians.backward_products(model.chain(params, x[0]))
         log10_sv = products.log_singular_values()[0] / jnp.log(10.0)
         floor = log10_sv[0] + jnp.log10(width * jnp.finfo(log10_sv.dtype).eps)
