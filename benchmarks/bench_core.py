@@ -303,6 +303,7 @@ def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
     )
     if ref is None:
         return records
+    _products_only(sz, repeats, peak, model, x, params, records, batch)
     ref = np.asarray(ref)
     check = functools.partial(_check_log_spectra, "log singular values", ref)
 
@@ -389,6 +390,44 @@ def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
         peak=peak,
     )
     return records
+
+
+def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
+    """The products ∂h_K/∂h_k alone: reverse mode (vjp, the default) vs the jacfwd route.
+
+    The jacfwd route forms each step Jacobian (n tangents through the step, 2n³) and multiplies
+    it into the running product (2n³); reverse mode pulls the product's n rows back through the
+    step with one vjp (2n³), so the expected ratio is about 2 on the matmuls.
+    """
+    wl = "a_mlp_backward_products"
+    g = _Group(records, repeats, peak)
+    steps = sz["depth"] - 1
+    extra = {"sizes": dict(sz, chain_steps=steps), "activation": "tanh", "sigma_w": 1.0}
+
+    def fn(method):
+        one = lambda q: tuple(jacobians.backward_products(model.chain(q, x), method=method))
+        return jax.jit(lambda p: jax.lax.map(one, p, batch_size=batch))
+
+    vjp, jac = fn("vjp"), fn("jacobians")
+    ref = g.add(
+        records, wl, "gradflow backward_products (reverse mode: one vjp per step, default)",
+        C.jax_device(), lambda: vjp(params), repeats=repeats, check=None, extra=extra,
+        flops=sz["inits"] * steps * sz["width"] ** 3 * 2, peak=peak,
+    )
+    if ref is None:
+        return
+
+    def check(got):
+        # Same products by another route: float32 rounding of K ~ 100 renormalised products.
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(ref[1]), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(ref[0]), atol=2e-4)
+        return {"max_abs_unit_diff": float(np.max(np.abs(np.asarray(got[0]) - np.asarray(ref[0]))))}
+
+    g.add(
+        records, wl, "gradflow backward_products (method='jacobians': jacfwd step Jacobians + "
+        "matmul, the previous route)", C.jax_device(), lambda: jac(params), repeats=repeats,
+        check=check, extra=extra, flops=sz["inits"] * steps * sz["width"] ** 3 * 4, peak=peak,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

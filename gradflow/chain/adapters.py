@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core import unfreeze
 
-from gradflow.chain.core import Chain, Layer, Scan, Segmented, state_shapes
+from gradflow.chain.core import Chain, Layer, Scan, Segmented, same_shapes, state_shapes
 
 __all__ = ["from_layers", "from_module", "from_cell", "from_nnx"]
 
@@ -230,8 +230,10 @@ class _LinenStep:
     kwargs: tuple
 
     def __call__(self, params_k, h, dyn):
-        path = ("params", *self.names[self.k].split("/"))
-        variables = _set_path(dyn["variables"], path, params_k)
+        variables = dyn["variables"]
+        if _has(variables["params"], self.names[self.k]):  # parameter-free layers have none
+            path = ("params", *self.names[self.k].split("/"))
+            variables = _set_path(variables, path, params_k)
         on_call = _replay_interceptor(None, self.k, h)
         targets = set(self.names)
         try:
@@ -371,9 +373,10 @@ class _NnxStep:
 
     def __call__(self, params_k, h, dyn):
         params = jax.tree_util.tree_map(lambda a: a, dyn["state"])  # a fresh State to fill
-        nnx.replace_by_pure_dict(
-            params, _set_path(dyn["pure"], _nnx_path(self.names[self.k]), params_k)
-        )
+        pure = dyn["pure"]
+        if _has_nnx(pure, self.names[self.k]):  # parameter-free layers have none
+            pure = _set_path(pure, _nnx_path(self.names[self.k]), params_k)
+        nnx.replace_by_pure_dict(params, pure)
         on_call = _replay_interceptor(None, self.k, h)
         try:
             _run_nnx(
@@ -511,9 +514,18 @@ def from_cell(cell, params, inputs, carry=None) -> Chain:
     if not jnp.issubdtype(inputs.dtype, jnp.inexact):
         raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
     xs = inputs if inputs.ndim == 2 else jnp.swapaxes(inputs, 0, 1)  # time-major
-    if carry is None:
+    default_carry = carry is None
+    if default_carry:
         carry = cell.initialize_carry(jax.random.key(0), xs.shape[1:])
     step = _CellStep(cell)
+    if not default_carry:
+        expected = jax.eval_shape(lambda: cell.initialize_carry(jax.random.key(0), xs.shape[1:]))
+        if not same_shapes(expected, carry):
+            raise ValueError(
+                f"carry must have the shapes {jax.tree_util.tree_map(lambda a: a.shape, expected)}"
+                f" for cell {type(cell).__name__} and these inputs, got "
+                f"{jax.tree_util.tree_map(jnp.shape, carry)}"
+            )
     try:
         new = jax.eval_shape(step, params, carry, xs[0])
     except Exception as exc:  # Flax raises many kinds on a shape mismatch; report one
@@ -522,12 +534,20 @@ def from_cell(cell, params, inputs, carry=None) -> Chain:
             f"{jax.tree_util.tree_map(jnp.shape, carry)} do not fit cell "
             f"{type(cell).__name__} with these params: {exc}"
         ) from exc
-    if jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(carry) or any(
-        a.shape != jnp.shape(b)
-        for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(carry))
-    ):
+    if not same_shapes(new, carry):
         raise ValueError(
             f"carry {jax.tree_util.tree_map(jnp.shape, carry)} does not match the carry the cell "
             f"returns, {jax.tree_util.tree_map(lambda a: a.shape, new)}"
+        )
+    if default_carry:
+        # Flax's initialize_carry follows the cell's param_dtype, not the params it is given
+        # (float64 params would meet a float32 carry): use the dtype the step returns.
+        carry = jax.tree_util.tree_map(lambda c, o: jnp.asarray(c, o.dtype), carry, new)
+    elif any(
+        jnp.result_type(c) != o.dtype for c, o in zip(*map(jax.tree_util.tree_leaves, (carry, new)))
+    ):
+        raise ValueError(
+            f"carry dtypes {jax.tree_util.tree_map(jnp.result_type, carry)} differ from those the "
+            f"cell returns, {jax.tree_util.tree_map(lambda a: a.dtype, new)}"
         )
     return Chain(params, xs, carry, step, xs.shape[0], shared=True, name=type(cell).__name__)

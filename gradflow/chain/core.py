@@ -265,6 +265,21 @@ def state_shapes(chain) -> list:
       ValueError: if a Scan step changes the state's shape.
     """
     sc = as_segmented(chain)
+    # Tracing every step (a linen chain replays its model) on every analysis call would cost
+    # K module traces each time: the answer depends only on the structure and the shapes.
+    leaves, treedef = jax.tree_util.tree_flatten(sc)
+    key = (treedef, tuple((jnp.shape(a), jnp.result_type(a)) for a in leaves))
+    if key not in _SHAPES:
+        if len(_SHAPES) > 256:
+            _SHAPES.clear()
+        _SHAPES[key] = _state_shapes(sc)
+    return list(_SHAPES[key])
+
+
+_SHAPES: dict = {}
+
+
+def _state_shapes(sc: Segmented) -> list:
     h = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), sc.h0
     )
