@@ -1,6 +1,7 @@
 """Named, forward-ordered gradient norms and per-state gradient norms against explicit gradients."""
 
 import dataclasses
+import functools
 
 import _reference as ref
 import flax.linen as nn
@@ -553,3 +554,124 @@ def test_state_grad_norms_mlp_equal_transposed_products(x64):
 def test_state_grad_norms_rejects_non_chain():
     with pytest.raises(TypeError, match="chain"):
         gf.gradients.state_grad_norms({"h": 1}, lambda h: h)
+
+
+# --- log-scale norms along a chain: finite where jax.grad underflows ------------------------------
+def _deep_sigmoid(depth, width=16, batch=4):
+    model = MLP(width=width, depth=depth, activation="sigmoid", kernel_init=gf.init.glorot())
+    x = jax.random.normal(jax.random.key(1), (batch, width), jnp.float32)
+    y = jax.random.normal(jax.random.key(2), (batch, 1), jnp.float32)
+    return model, model.init(jax.random.key(0), x), x, y
+
+
+def _readout_mse(readout, h, y):
+    return jnp.mean((h @ readout["kernel"] + readout["bias"][None, :] - y) ** 2)
+
+
+def _scaled_norm(*arrays):
+    # Float64 norms scaled by the largest entry: 1e-190 squared underflows even float64.
+    v = np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in arrays])
+    m = np.max(np.abs(v))
+    return m * np.sqrt(np.sum((v / m) ** 2)) if m > 0 else 0.0
+
+
+def test_chain_grad_norms_match_float64_where_float32_grad_underflows():
+    depth = 300
+    model, params, x, y = _deep_sigmoid(depth)
+    loss = functools.partial(_readout_mse, y=y)
+    readout = params["params"]["readout"]
+    out = gf.gradients.chain_grad_norms(
+        model.full_chain(params, x), loss, head_params=readout, head_name="readout"
+    )
+    assert out.names[0] == "input" and out.names[-1] == "readout" and len(out) == depth + 1
+    # The independent reference: float64 jax.grad of the whole network (no chain machinery).
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        g = jax.grad(lambda p: jnp.mean((model.apply(p, x64) - y64) ** 2))(p64)["params"]
+        hid = g["hidden"]
+        expected = [_scaled_norm(g["input"]["kernel"], g["input"]["bias"])]
+        expected += [_scaled_norm(hid["kernel"][k], hid["bias"][k]) for k in range(depth - 1)]
+        expected += [_scaled_norm(g["readout"]["kernel"], g["readout"]["bias"])]
+    expected = np.log10(np.asarray(expected))
+    assert expected[0] < -100  # far below float32's range: the case that matters
+    # float32 jax.grad of the same net returns exact zeros for most layers.
+    g32 = jax.grad(lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(params)["params"]
+    zeros = np.sum(np.sum(np.asarray(g32["hidden"]["kernel"]) ** 2, axis=(1, 2)) == 0)
+    assert zeros > depth // 2
+    # 1e-3 in log10 is 0.2 % in the norm: float32 rounding over 300 renormalised vjps stays
+    # near 1e-5 (measured 4e-5); a wrong factor, order or transpose is off by far more.
+    np.testing.assert_allclose(np.asarray(out.log10), expected, atol=1e-3)
+
+
+def test_depth_1000_log_norms_are_finite_in_float32():
+    model, params, x, y = _deep_sigmoid(1000, width=8, batch=2)
+    loss = functools.partial(_readout_mse, y=y)
+    readout = params["params"]["readout"]
+    out = gf.gradients.chain_grad_norms(model.full_chain(params, x), loss, head_params=readout)
+    assert np.all(np.isfinite(np.asarray(out.log10)))
+    states = gf.gradients.state_grad_norms(
+        model.chain(params, x), functools.partial(_readout_mse, readout, y=y), log10=True
+    )
+    assert states.shape == (1000,) and np.all(np.isfinite(np.asarray(states)))
+    # The backward signal shrinks monotonically overall through a sigmoid net (χ₁ < 1).
+    assert float(states[0]) < float(states[-1]) - 100
+
+
+def test_state_grad_norms_match_eps_perturbation_reference(x64):
+    # ∂L/∂h_k by the old route: a zero perturbation of every state, one jax.grad.
+    model = MLP(width=5, depth=6, activation="tanh", out_features=1)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)))
+    params = ref.random_params(model, x)
+    chain = model.chain(params, x)
+    loss = lambda h: jnp.sum(jnp.sin(h))
+
+    def with_eps(eps):
+        h = chain.h0 + eps[0]
+        for k in range(chain.length):
+            h = chain.step(jax.tree_util.tree_map(lambda a, k=k: a[k], chain.params), h, None)
+            h = h + eps[k + 1]
+        return loss(h)
+
+    g = jax.grad(with_eps)(jnp.zeros((chain.length + 1,) + chain.h0.shape))
+    expected = np.linalg.norm(np.asarray(g).reshape(chain.length + 1, -1), axis=1)
+    np.testing.assert_allclose(gf.gradients.state_grad_norms(chain, loss), expected, **_TOL64)
+    np.testing.assert_allclose(
+        gf.gradients.state_grad_norms(chain, loss, log10=True), np.log10(expected), **_TOL64
+    )
+
+
+def test_chain_grad_norms_on_a_segmented_chain_match_jax_grad(x64):
+    # A CNN-like chain of closures with shape changes: per-layer gradient norms by the chain's
+    # reverse pass equal plain float64 jax.grad norms; their root sum of squares the global norm.
+    rng = np.random.default_rng(1)
+    ws = [jnp.asarray(rng.standard_normal(s) / np.sqrt(s[0])) for s in ((6, 9), (9, 9), (9, 4))]
+    fn = lambda w, h, _: jnp.tanh(h @ w)
+    segments = tuple(gf.chain.Layer(w, None, fn, f"dense_{i}") for i, w in enumerate(ws))
+    x = jnp.asarray(rng.standard_normal(6))
+    chain = gf.chain.Segmented(h0=x, segments=segments)
+    loss = lambda h: jnp.sum(h**2)
+    out = gf.gradients.chain_grad_norms(chain, loss)
+
+    def total(ws):
+        h = x
+        for w in ws:
+            h = jnp.tanh(h @ w)
+        return loss(h)
+
+    g = jax.grad(total)(ws)
+    assert out.names == ("dense_0", "dense_1", "dense_2")
+    np.testing.assert_allclose(out.values, [np.linalg.norm(a) for a in g], **_TOL64)
+    np.testing.assert_allclose(
+        np.sqrt(np.sum(np.asarray(out.values) ** 2)), float(_optax_norm(g)), **_TOL64
+    )
+
+
+def test_chain_grad_norms_errors():
+    model, params, x, _ = _deep_sigmoid(3, width=4)
+    with pytest.raises(TypeError, match="chain"):
+        gf.gradients.chain_grad_norms(params, lambda h: jnp.sum(h))
+    with pytest.raises(TypeError, match="loss_fn"):
+        gf.gradients.chain_grad_norms(model.chain(params, x), "mse")
+    with pytest.raises(TypeError, match="loss_fn"):
+        gf.gradients.state_grad_norms(model.chain(params, x), None)
