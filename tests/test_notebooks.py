@@ -13,9 +13,9 @@ import pytest
 matplotlib.use("Agg")
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-# The two longest notebooks (~1 min each on 2 cores) run in CI's slow step, keeping the default
+# The longest notebooks (~1 min each on 2 cores) run in CI's slow step, keeping the default
 # run near ten minutes; every notebook still runs in CI.
-SLOW = {"meanfield", "mitigations"}
+SLOW = {"meanfield", "mitigations", "your_own_model"}
 
 
 @pytest.mark.parametrize(

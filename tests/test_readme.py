@@ -1,0 +1,58 @@
+"""README.md's "Your own model" examples run as written (a Transformer supplied for the second)."""
+
+import pathlib
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+README = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+
+
+def _blocks(section: str) -> list[str]:
+    body = README.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+class Block(nn.Module):  # its name is the step name in the README
+    @nn.compact
+    def __call__(self, x):
+        x = x + nn.MultiHeadDotProductAttention(num_heads=2)(nn.LayerNorm()(x))
+        return x + nn.Dense(x.shape[-1])(nn.gelu(nn.Dense(16)(nn.LayerNorm()(x))))
+
+
+class _Transformer(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(16, 8)(tokens)
+        for _ in range(3):
+            x = Block()(x)
+        return nn.Dense(16, name="head")(x)
+
+
+def test_your_own_model_examples_run():
+    first, cnn, transformer = _blocks("What it does")[0], *_blocks("Your own model")
+    namespace: dict = {}
+    exec(first.split("model =")[0], namespace)  # the imports
+    exec(cnn, namespace)
+    assert namespace["chain"].step_names() == ("Conv_1", "Dense_0")
+    assert np.all(np.isfinite(np.asarray(namespace["products"].log_spectral_norm())))
+    model = _Transformer()
+    tokens = jnp.arange(6) % 16
+    namespace.update(
+        model=model,
+        tokens=tokens,
+        targets=jnp.roll(tokens, 1),
+        variables=model.init(jax.random.key(0), tokens),
+        cross_entropy=lambda logits, t: -jnp.mean(
+            jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], axis=-1)
+        ),
+    )
+    exec(transformer, namespace)
+    assert namespace["chain"].stem.name == "Embed_0"
+    assert namespace["chain"].step_names() == ("Block_0", "Block_1", "Block_2", "head")
+    norms = namespace["norms"]
+    assert norms.names[0] == "Embed_0" and norms.names[-1] == "head"
+    assert np.all(np.isfinite(np.asarray(namespace["top"].log_values)))
