@@ -692,3 +692,55 @@ def test_lyapunov_of_shape_preserving_segmented_chain(x64):
     np.testing.assert_allclose(
         gf.lyapunov.lyapunov_spectrum(sc), gf.lyapunov.lyapunov_spectrum(jacs), rtol=1e-10
     )
+
+
+# --- nn.Sequential and nn.scan stacks -------------------------------------------------------------
+def test_sequential_layers_are_its_modules_with_functions_as_glue(x64):
+    seq = nn.Sequential([nn.Dense(6), nn.tanh, nn.Dense(5), nn.relu, nn.Dense(3)])
+    x = _normal((4,), seed=21)
+    variables = _random_variables(seq, x)
+    sc = gf.chain.from_module(seq, variables, x)
+    assert sc.stem.name == "layers_0" and sc.step_names() == ("layers_2", "layers_4")
+    p = variables["params"]
+    dense = lambda name, h: nn.Dense(p[name]["kernel"].shape[-1]).apply({"params": p[name]}, h)
+    steps = [lambda h: dense("layers_2", jnp.tanh(h)), lambda h: dense("layers_4", nn.relu(h))]
+    _, expected = _reference_products(steps, dense("layers_0", x))
+    _assert_products(gf.jacobians.backward_products(sc), expected)
+
+
+class _ScanBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return x + nn.Dense(x.shape[-1])(jnp.tanh(nn.LayerNorm()(x))), None
+
+
+class _Stacked(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(11, 6)(tokens)
+        stack = nn.scan(
+            _ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=3
+        )
+        x, _ = stack(name="blocks")(x, None)
+        return nn.Dense(5, name="head")(x)
+
+
+def test_nn_scan_stack_is_folded_into_the_next_step_exactly(x64):
+    # The blocks of an nn.scan stack run inside a lax.scan, so they are not states of the
+    # model's own forward pass: the stack belongs to the step into the head, replayed exactly.
+    tokens = jnp.arange(4)
+    variables = _random_variables(_Stacked(), tokens)
+    sc = gf.chain.from_module(_Stacked(), variables, tokens)
+    assert sc.stem.name == "Embed_0" and sc.step_names() == ("head",)
+    p = variables["params"]
+
+    def tail(h):
+        for i in range(3):
+            theta = jax.tree_util.tree_map(lambda a, i=i: a[i], p["blocks"])
+            h = _ScanBlock().apply({"params": theta}, h, None)[0]
+        return nn.Dense(5).apply({"params": p["head"]}, h)
+
+    _, expected = _reference_products(
+        [tail], nn.Embed(11, 6).apply({"params": p["Embed_0"]}, tokens)
+    )
+    _assert_products(gf.jacobians.backward_products(sc), expected)

@@ -675,3 +675,34 @@ def test_chain_grad_norms_errors():
         gf.gradients.chain_grad_norms(model.chain(params, x), "mse")
     with pytest.raises(TypeError, match="loss_fn"):
         gf.gradients.state_grad_norms(model.chain(params, x), None)
+
+
+def test_state_grad_norms_at_10000_steps_stay_finite_and_match_the_products():
+    # A contracting RNN over 10,000 steps: ‖∂L/∂h_t‖ falls to ~1e-2000, far below float32,
+    # where the plain norms were exact zeros for most t. The log form must stay finite and
+    # agree with the log-scale backward products: ∂L/∂h_t = (∂L/∂h_T) ∂h_T/∂h_t.
+    model = RNN(width=4, activation="tanh", recurrent_init=gf.init.orthogonal(0.5))
+    u = jax.random.normal(jax.random.key(3), (10_000, 2), jnp.float32)
+    chain = model.chain(model.init(jax.random.key(4), u), u)
+    loss = lambda h: jnp.sum(h)
+    logs = np.asarray(gf.gradients.state_grad_norms(chain, loss, log10=True))
+    assert logs.shape == (10_001,) and np.all(np.isfinite(logs))
+    assert logs[0] < -1000
+    plain = np.asarray(gf.gradients.state_grad_norms(chain, loss))
+    assert np.sum(plain == 0) > 9000  # the plain form underflows, as float32 must
+    # Last 30 steps against products (u = ∂L/∂h_T = ones): ‖uᵀ P_t‖ in log10, float32 rounding
+    # over 30 renormalised steps is ~1e-6 relative; 1e-4 in log10 is a wide margin.
+    tail = chain.replace(
+        h0=gf.chain.trajectory(chain)[-31],
+        xs=chain.xs[-30:],
+        length=30,
+    )
+    products = gf.jacobians.backward_products(tail)
+    expected = [
+        float(
+            jnp.log10(jnp.linalg.norm(jnp.ones(4) @ products.unit[t]))
+            + products.log_norm[t] / np.log(10)
+        )
+        for t in range(30)
+    ]
+    np.testing.assert_allclose(logs[-31:-1], expected, atol=1e-4)

@@ -174,7 +174,31 @@ def _build(names, outputs, params, fn_for, dyn, x, owner: str) -> Segmented:
     return chain
 
 
-def _replay_interceptor(match, k: int, h):
+def _traced(*trees) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
+
+
+class _Recorder:
+    """An ``on_call`` hook that runs each intercepted layer and records its name and output."""
+
+    def __init__(self, eager: bool = True):
+        self.names, self.outputs, self.eager = [], [], eager
+
+    def __call__(self, name, run):
+        out = run()
+        # In an eager capture a traced output means the call ran inside a lifted transform
+        # (the blocks of an nn.scan stack): not a state of the model's own forward pass. Such
+        # a stack is folded into the step of the next named layer, which replays it exactly.
+        if self.eager and any(
+            isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(out)
+        ):
+            return out
+        self.names.append(name)
+        self.outputs.append(out)
+        return out
+
+
+def _replay_interceptor(k: int, h):
     """State for a replay: call ``k − 1`` returns ``h`` (if k > 0), call ``k`` raises its output."""
     counter = [0]
 
@@ -210,11 +234,19 @@ def _path_name(module) -> str | None:
 def _linen_hook(on_call):
     """Routes every ``__call__`` of a bound submodule through ``on_call(name, run)``."""
 
+    active = set()
+
     def interceptor(next_fun, args, kwargs, context):
         name = _path_name(context.module)
-        if context.method_name != "__call__" or not name:
+        # A lifted transform (nn.scan, nn.remat) calls its inner module under the same path:
+        # that inner call is part of the outer one, not a layer of its own.
+        if context.method_name != "__call__" or not name or name in active:
             return next_fun(*args, **kwargs)
-        return on_call(name, lambda: next_fun(*args, **kwargs))
+        active.add(name)
+        try:
+            return on_call(name, lambda: next_fun(*args, **kwargs))
+        finally:
+            active.discard(name)
 
     with nn.intercept_methods(interceptor):
         yield
@@ -234,7 +266,7 @@ class _LinenStep:
         if _has(variables["params"], self.names[self.k]):  # parameter-free layers have none
             path = ("params", *self.names[self.k].split("/"))
             variables = _set_path(variables, path, params_k)
-        on_call = _replay_interceptor(None, self.k, h)
+        on_call = _replay_interceptor(self.k, h)
         targets = set(self.names)
         try:
             with _linen_hook(lambda n, run: on_call(run) if n in targets else run()):
@@ -269,35 +301,25 @@ def from_module(module: nn.Module, variables, x, layers: Sequence[str] | None = 
         raise TypeError(f"module must be a flax.linen Module, got {type(module).__name__}")
     variables = _unwrap_variables(variables)
     static, dynamic = _split_kwargs(kwargs)
-    found, outs = [], []
-
-    def record(name, run):
-        out = run()
-        found.append(name)
-        outs.append(out)
-        return out
-
+    record = _Recorder(eager=not _traced(x, variables))
     with _linen_hook(record):
         module.apply(variables, x, **kwargs)
+    found = record.names
     top = [n for n in found if "/" not in n]
     names = _select(found, layers, top, f"module {type(module).__name__}")
-    chosen = [o for n, o in zip(found, outs) if n in names]
-    order = [n for n in found if n in names]
+    keep = [i for i, n in enumerate(found) if n in names]
+    order = tuple(found[i] for i in keep)
+    chosen = [record.outputs[i] for i in keep]
     params = [
         _get_path(variables["params"], n.split("/")) if _has(variables["params"], n) else {}
         for n in order
     ]
     dyn = {"variables": variables, "input": x, "kwargs": dynamic}
-    order_t = tuple(order)
-    return _build(
-        order_t,
-        chosen,
-        params,
-        lambda k: _LinenStep(module, order_t, k, static),
-        dyn,
-        x,
-        f"module {type(module).__name__}",
-    )
+
+    def fn_for(k):
+        return _LinenStep(module, order, k, static)
+
+    return _build(order, chosen, params, fn_for, dyn, x, f"module {type(module).__name__}")
 
 
 def _has(tree, name: str) -> bool:
@@ -377,7 +399,7 @@ class _NnxStep:
         if _has_nnx(pure, self.names[self.k]):  # parameter-free layers have none
             pure = _set_path(pure, _nnx_path(self.names[self.k]), params_k)
         nnx.replace_by_pure_dict(params, pure)
-        on_call = _replay_interceptor(None, self.k, h)
+        on_call = _replay_interceptor(self.k, h)
         try:
             _run_nnx(
                 self.graphdef,
@@ -423,15 +445,9 @@ def from_nnx(model, x, layers: Sequence[str] | None = None, **kwargs) -> Segment
     pure = nnx.to_pure_dict(state)
     children = [n for n, _ in _nnx_children(model)]
     static, dynamic = _split_kwargs(kwargs)
-    found, outs = [], []
-
-    def record(name, run):
-        out = run()
-        found.append(name)
-        outs.append(out)
-        return out
-
+    record = _Recorder(eager=not _traced(x, state))
     _run_nnx(graphdef, state, rest, x, kwargs, children, record)
+    found, outs = record.names, record.outputs
     what = f"model {type(model).__name__}"
     if layers is not None:
         # Named layers may be deeper than the direct children: capture those calls instead.
@@ -442,8 +458,9 @@ def from_nnx(model, x, layers: Sequence[str] | None = None, **kwargs) -> Segment
                 except (AttributeError, IndexError, TypeError):
                     continue
                 children.append(n)
-        found, outs = [], []
+        record = _Recorder(eager=record.eager)
         _run_nnx(graphdef, state, rest, x, kwargs, tuple(children), record)
+        found, outs = record.names, record.outputs
     names = _select(found, layers, found, what)
     chosen = [o for n, o in zip(found, outs) if n in names]
     order = tuple(n for n in found if n in names)
