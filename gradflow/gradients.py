@@ -529,7 +529,8 @@ def chain_grad_norms(chain, loss_fn: Callable, *, head_params=None, head_name: s
 
     Returns:
       :class:`NamedNorms` in forward order: the stem (if any), every step (a shared-parameter
-      RNN's per-step contributions, whose sum is the gradient), then the head (if given).
+      RNN's per-step contributions, whose sum is the gradient), then the head (if given). A layer
+      without parameters (Dropout, an activation) has norm 0: ``log10`` is ``-inf``.
 
     Raises:
       TypeError: if ``chain`` is not a chain or ``loss_fn`` is not callable.

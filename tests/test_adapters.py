@@ -744,3 +744,46 @@ def test_nn_scan_stack_is_folded_into_the_next_step_exactly(x64):
         [tail], nn.Embed(11, 6).apply({"params": p["Embed_0"]}, tokens)
     )
     _assert_products(gf.jacobians.backward_products(sc), expected)
+
+
+# --- stateful layers: evaluation mode works, training mode is one clear error ---------------------
+class _BatchNormNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Dense(6)(x))
+        x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
+        return nn.Dense(2)(x)
+
+
+class _NnxBatchNormNet(nnx.Module):
+    def __init__(self, rngs):
+        self.a = nnx.Linear(3, 6, rngs=rngs)
+        self.bn = nnx.BatchNorm(6, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.b = nnx.Linear(6, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.b(self.drop(nnx.relu(self.bn(self.a(x)))))
+
+
+def test_batchnorm_and_dropout_in_evaluation_mode_and_training_mode_errors():
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((4, 3)), jnp.float32)
+    net = _BatchNormNet()
+    variables = net.init(jax.random.key(0), x)
+    sc = gf.chain.from_module(net, variables, x)
+    assert sc.step_names() == ("BatchNorm_0", "Dropout_0", "Dense_1")
+    assert np.all(np.isfinite(np.asarray(gf.jacobians.backward_products(sc).log_norm)))
+    with pytest.raises(ValueError, match="evaluation mode"):
+        gf.chain.from_module(net, variables, x, train=True)
+
+    model = _NnxBatchNormNet(nnx.Rngs(0))
+    model.train()
+    before = jax.tree_util.tree_map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+    with pytest.raises(ValueError, match="model.eval"):
+        gf.chain.from_nnx(model, x)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)  # the model is untouched
+    model.eval()
+    sc = gf.chain.from_nnx(model, x)
+    assert sc.step_names() == ("bn", "drop", "b")
+    assert np.all(np.isfinite(np.asarray(gf.jacobians.backward_products(sc).log_norm)))

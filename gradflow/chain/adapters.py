@@ -39,9 +39,11 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.core import unfreeze
 
@@ -174,6 +176,20 @@ def _build(names, outputs, params, fn_for, dyn, x, owner: str) -> Segmented:
     return chain
 
 
+@contextlib.contextmanager
+def _stateful_hint(arg: str):
+    """Turns Flax's errors about mutating state inside a trace into one clear ValueError."""
+    try:
+        yield
+    except flax.errors.FlaxError as exc:
+        raise ValueError(
+            f"{arg}'s forward pass must be a pure function of its input to form a chain, but it "
+            "updates state (BatchNorm statistics in training mode, a Dropout RNG, a cache): put it "
+            "in evaluation mode (nnx: model.eval(); linen: the module's train/deterministic "
+            f"argument as a keyword) — Flax said: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 def _traced(*trees) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
 
@@ -302,7 +318,7 @@ def from_module(module: nn.Module, variables, x, layers: Sequence[str] | None = 
     variables = _unwrap_variables(variables)
     static, dynamic = _split_kwargs(kwargs)
     record = _Recorder(eager=not _traced(x, variables))
-    with _linen_hook(record):
+    with _stateful_hint("module"), _linen_hook(record):
         module.apply(variables, x, **kwargs)
     found = record.names
     top = [n for n in found if "/" not in n]
@@ -319,7 +335,8 @@ def from_module(module: nn.Module, variables, x, layers: Sequence[str] | None = 
     def fn_for(k):
         return _LinenStep(module, order, k, static)
 
-    return _build(order, chosen, params, fn_for, dyn, x, f"module {type(module).__name__}")
+    with _stateful_hint("module"):
+        return _build(order, chosen, params, fn_for, dyn, x, f"module {type(module).__name__}")
 
 
 def _has(tree, name: str) -> bool:
@@ -377,8 +394,34 @@ def _nnx_hook(targets: dict, on_call):
                 del cls.__call__
 
 
+def _check_nnx_pure(graphdef, params, rest, x, kwargs) -> None:
+    """Raises the stateful-model ValueError if a forward pass changes any non-parameter state."""
+    snapshot = lambda tree: [
+        np.array(jax.random.key_data(a) if _is_key(a) else a)
+        for a in jax.tree_util.tree_leaves(tree)
+    ]
+    # nnx.merge may share Variables with ``rest``: copy the values before running.
+    before = snapshot(rest)
+    model = nnx.merge(graphdef, _fresh(params), _fresh(rest))
+    model(x, **kwargs)
+    after = snapshot(nnx.split(model, nnx.Param, ...)[2])
+    if len(before) != len(after) or any(not np.array_equal(a, b) for a, b in zip(before, after)):
+        with _stateful_hint("model"):
+            raise flax.errors.TraceContextError("the forward pass changed the model's state")
+
+
+def _is_key(a) -> bool:
+    return jnp.issubdtype(jnp.result_type(a), jax.dtypes.prng_key)
+
+
+def _fresh(state):
+    """A copy of an nnx State with new Variables: merging the original would share them, and a
+    stateful forward pass would then change the user's model."""
+    return jax.tree_util.tree_map(lambda a: a, state)
+
+
 def _run_nnx(graphdef, params, rest, x, kwargs, names, on_call):
-    model = nnx.merge(graphdef, params, rest)
+    model = nnx.merge(graphdef, _fresh(params), _fresh(rest))
     targets = {n: _resolve(model, n) for n in names}
     with _nnx_hook(targets, on_call):
         return model(x, **kwargs)
@@ -394,7 +437,7 @@ class _NnxStep:
     kwargs: tuple
 
     def __call__(self, params_k, h, dyn):
-        params = jax.tree_util.tree_map(lambda a: a, dyn["state"])  # a fresh State to fill
+        params = _fresh(dyn["state"])  # a fresh State to fill
         pure = dyn["pure"]
         if _has_nnx(pure, self.names[self.k]):  # parameter-free layers have none
             pure = _set_path(pure, _nnx_path(self.names[self.k]), params_k)
@@ -446,6 +489,7 @@ def from_nnx(model, x, layers: Sequence[str] | None = None, **kwargs) -> Segment
     children = [n for n, _ in _nnx_children(model)]
     static, dynamic = _split_kwargs(kwargs)
     record = _Recorder(eager=not _traced(x, state))
+    _check_nnx_pure(graphdef, state, rest, x, kwargs)
     _run_nnx(graphdef, state, rest, x, kwargs, children, record)
     found, outs = record.names, record.outputs
     what = f"model {type(model).__name__}"
@@ -466,9 +510,10 @@ def from_nnx(model, x, layers: Sequence[str] | None = None, **kwargs) -> Segment
     order = tuple(n for n in found if n in names)
     params = [_get_path(pure, _nnx_path(n)) if _has_nnx(pure, n) else {} for n in order]
     dyn = {"state": state, "pure": pure, "rest": rest, "input": x, "kwargs": dynamic}
-    return _build(
-        order, chosen, params, lambda k: _NnxStep(graphdef, order, k, static), dyn, x, what
-    )
+    with _stateful_hint("model"):
+        return _build(
+            order, chosen, params, lambda k: _NnxStep(graphdef, order, k, static), dyn, x, what
+        )
 
 
 def _has_nnx(pure, name: str) -> bool:
