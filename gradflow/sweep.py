@@ -499,9 +499,8 @@ def _mse_data(model, kx, ky, batch):
 
 
 def _mse(readout, h, y):
-    from gradflow.models import _common
-
-    return jnp.mean((_common.readout(readout, h) - y) ** 2)
+    z = h @ readout["kernel"]
+    return jnp.mean((z + jnp.broadcast_to(readout["bias"], z.shape) - y) ** 2)
 
 
 def _mse_grad_norms(model, params, kx, ky, batch):
