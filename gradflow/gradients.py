@@ -26,7 +26,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Segmented, as_segmented, final_state, state_shapes
+from gradflow.chain import Segmented, check_chain, final_state
 from gradflow.chain.passes import flat_segments, pullback
 
 __all__ = [
@@ -535,11 +535,9 @@ def chain_grad_norms(chain, loss_fn: Callable, *, head_params=None, head_name: s
     Raises:
       TypeError: if ``chain`` is not a chain or ``loss_fn`` is not callable.
     """
-    sc = as_segmented(chain)
+    sc = check_chain(chain)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    _checks.check_finite("chain.h0", sc.h0)
-    state_shapes(sc)
     _, logs = _chain_log_norms(sc, loss_fn, head_params, head_params is not None)
     names = (() if sc.stem is None else (sc.stem.name,)) + sc.step_names()
     names += () if head_params is None else (head_name,)
@@ -561,9 +559,8 @@ def state_grad_norms(chain, loss_fn: Callable[[Any], jax.Array], *, log10: bool 
     Returns:
       Array ``(K + 1,)``; entry k is ‖∂L/∂h_k‖ (Euclidean norm of the flattened state).
     """
-    sc = as_segmented(chain)
+    sc = check_chain(chain)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    state_shapes(sc)
     states, _ = _chain_log_norms(sc, loss_fn, None, False)
     return states / _numerics.LN10 if log10 else jnp.exp(states)

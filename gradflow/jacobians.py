@@ -23,13 +23,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import (
-    Chain,
-    Segmented,
-    as_segmented,
-    final_state,
-    state_shapes,
-)
+from gradflow.chain import Chain, Segmented, check_chain, final_state
 from gradflow.chain.passes import flat_segments, identity_rows, pullback, scan_or_call
 
 __all__ = [
@@ -119,16 +113,6 @@ class SegmentedProducts:
         raise IndexError(f"k must be < the number of steps {len(self.names)}")
 
 
-def _check_chain(chain, name: str = "chain") -> Segmented:
-    """The chain as Segmented, after the checks every analysis needs (finite, well-shaped)."""
-    sc = as_segmented(chain, name)
-    _checks.check_finite(f"{name}.h0", sc.h0)
-    for seg in sc.segments:
-        _checks.check_finite(f"{name} segment {seg.name!r} params", seg.params)
-    state_shapes(sc)
-    return sc
-
-
 def _jac_fn(f, mode: str, n_in: int, n_out: int):
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
@@ -174,7 +158,7 @@ def step_jacobians(chain, *, mode: str = "auto"):
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    sc = _check_chain(chain)
+    sc = check_chain(chain)
     out = _step_jacobians(sc, mode)
     return out[0] if isinstance(chain, Chain) else out
 
@@ -245,7 +229,7 @@ def backward_products(chain, *, method: str = "vjp", mode: str = "auto"):
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    sc = _check_chain(chain)
+    sc = check_chain(chain)
     parts = _products(sc, method, mode)
     if isinstance(chain, Chain):
         return parts[0]
@@ -258,7 +242,7 @@ def end_to_end(chain) -> jax.Array:
     Returns:
       Array ``(m, n)``: sizes of h_K and h_0.
     """
-    sc = _check_chain(chain)
+    sc = check_chain(chain)
     h0_flat, unravel = ravel_pytree(sc.h0)
 
     def run(h):

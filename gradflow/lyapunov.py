@@ -32,7 +32,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks
-from gradflow.chain import Chain, Layer, Segmented, flat_step, state_shapes
+from gradflow.chain import Chain, Layer, Segmented, check_chain, flat_step, state_shapes
 from gradflow.chain.core import same_shapes
 from gradflow.chain.passes import flat_fn
 
@@ -155,8 +155,7 @@ def _advance(f):
 
 def _run_segmented(sc: Segmented, k, key, discard, record):
     """Benettin along a Segmented chain whose steps all keep the state's shape."""
-    sc = sc.validate()
-    _checks.check_finite("chain.h0", sc.h0)
+    sc = check_chain(sc)
     shapes = state_shapes(sc)
     for i, (a, b) in enumerate(zip(shapes[:-1], shapes[1:])):
         if not same_shapes(a, b):
@@ -202,8 +201,7 @@ def _run(jacobians_or_chain, k, key, discard, record):
     """Dispatches on the input type; returns (total (k,), log_r (K, k), totals (K, k), counted)."""
     if isinstance(jacobians_or_chain, Chain):
         chain = jacobians_or_chain
-        _checks.check_finite("chain.params", chain.params)
-        _checks.check_finite("chain.h0", chain.h0)
+        check_chain(chain)
         if chain.length < 1:
             raise ValueError(f"chain must have at least one step, got length {chain.length}")
         h0, f = flat_step(chain)

@@ -96,7 +96,14 @@ from typing import NamedTuple  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 from gradflow import _checks, _numerics  # noqa: E402
-from gradflow.chain import Chain, Segmented, flat_step, state_shapes, trajectory  # noqa: E402
+from gradflow.chain import (  # noqa: E402
+    Chain,
+    Segmented,
+    check_chain,
+    flat_step,
+    state_shapes,
+    trajectory,
+)
 from gradflow.chain.passes import flat_segments, scan_or_call  # noqa: E402
 
 __all__ += ["TopSingular", "lanczos_svd", "top_singular_values", "spectral_norm"]
@@ -364,8 +371,7 @@ def top_singular_values(
     """
     if isinstance(chain_or_matrix, Chain):
         chain = chain_or_matrix
-        _checks.check_finite("chain.params", chain.params)
-        _checks.check_finite("chain.h0", chain.h0)
+        check_chain(chain)
         start, stop = _check_range(chain, start, stop)
         h0_flat = ravel_pytree(chain.h0)[0]
         if not jnp.issubdtype(h0_flat.dtype, jnp.inexact):
@@ -374,8 +380,7 @@ def top_singular_values(
         key = jax.random.key(0) if key is None else key
         return _first(_top_chain(chain, key, start, stop, num_iters=num_iters), k)
     if isinstance(chain_or_matrix, Segmented):
-        sc = chain_or_matrix.validate()
-        _checks.check_finite("chain.h0", sc.h0)
+        sc = check_chain(chain_or_matrix)
         shapes = state_shapes(sc)
         start, stop = _check_range(sc, start, stop)
         sizes = _boundary_sizes(sc, shapes)

@@ -787,3 +787,20 @@ def test_batchnorm_and_dropout_in_evaluation_mode_and_training_mode_errors():
     sc = gf.chain.from_nnx(model, x)
     assert sc.step_names() == ("bn", "drop", "b")
     assert np.all(np.isfinite(np.asarray(gf.jacobians.backward_products(sc).log_norm)))
+
+
+def test_non_finite_step_inputs_are_one_clear_error():
+    # A NaN in an RNN's inputs used to come back as NaN products and exponents.
+    model = gf.models.RNN(width=3)
+    u = np.random.default_rng(2).standard_normal((6, 2)).astype(np.float32)
+    params = model.init(jax.random.key(0), u)
+    u[3, 1] = np.nan
+    chain = model.chain(params, u)
+    for analysis in (
+        gf.jacobians.backward_products,
+        gf.lyapunov.lyapunov_spectrum,
+        lambda c: gf.spectra.top_singular_values(c, 1),
+        lambda c: gf.gradients.state_grad_norms(c, jnp.sum),
+    ):
+        with pytest.raises(ValueError, match="xs"):
+            analysis(chain)

@@ -31,12 +31,15 @@ import jax.numpy as jnp
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from gradflow._checks import check_finite
+
 __all__ = [
     "Chain",
     "Layer",
     "Scan",
     "Segmented",
     "as_segmented",
+    "check_chain",
     "trajectory",
     "final_state",
     "flat_step",
@@ -236,6 +239,27 @@ def as_segmented(chain, name: str = "chain") -> Segmented:
     raise TypeError(
         f"{name} must be a gradflow.chain.Chain or Segmented chain, got {type(chain).__name__}"
     )
+
+
+def check_chain(chain, name: str = "chain") -> Segmented:
+    """The checks every analysis runs first; returns the chain as :class:`Segmented`.
+
+    ``chain`` must be a :class:`Chain` or :class:`Segmented` chain; its concrete h0, parameters and
+    per-step inputs must be finite (traced values pass: they are checked where they are made); and
+    its steps must return floating arrays of consistent shapes (:func:`state_shapes`).
+
+    Raises:
+      TypeError: for a non-chain or a step whose output is not a pytree of floating arrays.
+      ValueError: naming the offending part, for NaN/inf values or a Scan step changing shape.
+    """
+    sc = as_segmented(chain, name)
+    check_finite(f"{name}.h0", sc.h0)
+    for seg in sc.segments:
+        check_finite(f"{name} segment {seg.name!r} params", seg.params)
+        if isinstance(seg, Scan):
+            check_finite(f"{name} segment {seg.name!r} inputs xs", seg.xs)
+    state_shapes(sc)
+    return sc
 
 
 def _describe(tree) -> str:
