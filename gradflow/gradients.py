@@ -456,6 +456,11 @@ def layer_grad_norms(
     components; stacked groups split into ``name/0 …``), ordered as :func:`forward_order` finds
     them in ``loss_fn``: input layer first, readout last, whatever the modules are called.
 
+    The norms of the gradient ``jax.grad`` returns are taken without underflow (entries of 1e-25
+    in float32 give their exact log-norm), but a gradient that ``jax.grad`` itself underflows to 0
+    — the early layers of a deep sigmoid net — stays 0 (``log10 = -inf``). For those, build the
+    model's chain and use :func:`chain_grad_norms`, which renormalises the backward pass.
+
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``.
       params: a pytree of arrays (as from ``model.init``, ``nnx.state(model, nnx.Param)`` or
