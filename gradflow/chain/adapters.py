@@ -205,9 +205,7 @@ class _Recorder:
         # In an eager capture a traced output means the call ran inside a lifted transform
         # (the blocks of an nn.scan stack): not a state of the model's own forward pass. Such
         # a stack is folded into the step of the next named layer, which replays it exactly.
-        if self.eager and any(
-            isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(out)
-        ):
+        if self.eager and _traced(out):
             return out
         self.names.append(name)
         self.outputs.append(out)
