@@ -23,6 +23,7 @@ __all__ = [
     "he",
     "lecun",
     "orthogonal",
+    "delta_orthogonal",
     "gaussian",
     "kumar",
     "kumar_std",
@@ -103,6 +104,51 @@ def orthogonal(gain: float = 1.0) -> Initializer:
     """Haar-orthogonal matrix times ``gain``, so W Wᵀ = gain² I for square W (Saxe et al. 2013)."""
     gain = _check_positive("gain", gain)
     return jax.nn.initializers.orthogonal(scale=gain)
+
+
+def delta_orthogonal(gain: float = 1.0) -> Initializer:
+    """Delta-orthogonal convolution kernels (Xiao et al. 2018): zero except the centre tap.
+
+    For a Flax kernel of shape ``(*window, c_in, c_out)`` (odd window sizes) the centre tap is
+    ``gain`` times a Haar-orthogonal ``(c_in, c_out)`` matrix (orthonormal rows when
+    c_in ≤ c_out, columns otherwise) and every other tap is 0. With circular padding and
+    c_in ≤ c_out, a linear convolution then maps every input to an output of exactly ``gain``
+    times its norm: all singular values of its Jacobian equal ``gain`` — dynamical isometry at
+    any depth. A 2-D shape is an ordinary :func:`orthogonal` matrix.
+
+    Args:
+      gain: the scale g > 0 (the critical value of the activation, e.g. 1 for tanh at σ_b = 0).
+
+    Returns:
+      ``init(key, shape, dtype) -> array``.
+
+    Raises:
+      ValueError: for ``gain`` ≤ 0, a shape with fewer than 2 axes, or an even window size.
+
+    References:
+      Xiao, Bahri, Sohl-Dickstein, Schoenholz & Pennington 2018, "Dynamical isometry and a mean
+      field theory of CNNs: how to train 10,000-layer vanilla convolutional neural networks",
+      ICML, arXiv:1806.05393, Algorithm 2.
+    """
+    gain = _check_positive("gain", gain)
+    base = jax.nn.initializers.orthogonal(scale=gain)
+
+    def init(key, shape, dtype=jnp.float32):
+        shape = tuple(int(d) for d in shape)
+        if len(shape) < 2:
+            raise ValueError(
+                f"delta_orthogonal needs a kernel shape (*window, c_in, c_out), got {shape}"
+            )
+        window = shape[:-2]
+        if any(w % 2 == 0 for w in window):
+            raise ValueError(
+                f"delta_orthogonal needs odd window sizes (a centre tap), got kernel shape {shape}"
+            )
+        centre = base(key, shape[-2:], dtype)
+        kernel = jnp.zeros(shape, dtype)
+        return kernel.at[tuple(w // 2 for w in window)].set(centre)
+
+    return init
 
 
 def kumar_std(activation: _act.ActivationLike, fan_in: int) -> float:
