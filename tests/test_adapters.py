@@ -715,6 +715,8 @@ class _ScanBlock(nn.Module):
 
 
 class _Stacked(nn.Module):
+    glue: bool = False
+
     @nn.compact
     def __call__(self, tokens):
         x = nn.Embed(11, 6)(tokens)
@@ -722,27 +724,43 @@ class _Stacked(nn.Module):
             _ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=3
         )
         x, _ = stack(name="blocks")(x, None)
+        if self.glue:
+            x = jnp.tanh(x)
         return nn.Dense(5, name="head")(x)
 
 
-def test_nn_scan_stack_is_folded_into_the_next_step_exactly(x64):
-    # The blocks of an nn.scan stack run inside a lax.scan, so they are not states of the
-    # model's own forward pass: the stack belongs to the step into the head, replayed exactly.
+@pytest.mark.parametrize("glue", [False, True])
+def test_nn_scan_stack_is_a_scanned_segment_or_folded_exactly(glue, x64):
+    # A plain stack (its carry comes from the previous layer and goes straight into the next)
+    # becomes one Scan segment with a state per block; with glue after it (tanh), the stack is
+    # folded into the head's replayed step. Both are exact against the hand-built network.
     tokens = jnp.arange(4)
-    variables = _random_variables(_Stacked(), tokens)
-    sc = gf.chain.from_module(_Stacked(), variables, tokens)
-    assert sc.stem.name == "Embed_0" and sc.step_names() == ("head",)
+    variables = _random_variables(_Stacked(glue), tokens)
+    sc = gf.chain.from_module(_Stacked(glue), variables, tokens)
     p = variables["params"]
-
-    def tail(h):
-        for i in range(3):
-            theta = jax.tree_util.tree_map(lambda a, i=i: a[i], p["blocks"])
-            h = _ScanBlock().apply({"params": theta}, h, None)[0]
-        return nn.Dense(5).apply({"params": p["head"]}, h)
-
-    _, expected = _reference_products(
-        [tail], nn.Embed(11, 6).apply({"params": p["Embed_0"]}, tokens)
+    block = lambda i: (
+        lambda h: _ScanBlock().apply(
+            {"params": jax.tree_util.tree_map(lambda a: a[i], p["blocks"])}, h, None
+        )[0]
     )
+    head = lambda h: nn.Dense(5).apply({"params": p["head"]}, jnp.tanh(h) if glue else h)
+    h0 = nn.Embed(11, 6).apply({"params": p["Embed_0"]}, tokens)
+    assert sc.stem.name == "Embed_0"
+    if glue:
+        assert sc.step_names() == ("head",)
+
+        def tail(h):
+            for i in range(3):
+                h = block(i)(h)
+            return head(h)
+
+        _, expected = _reference_products([tail], h0)
+    else:
+        assert [type(s).__name__ for s in sc.segments] == ["Scan", "Layer"]
+        assert sc.step_names() == ("blocks/0", "blocks/1", "blocks/2", "head")
+        _, expected = _reference_products([block(0), block(1), block(2), head], h0)
+        names = gf.gradients.chain_grad_norms(sc, lambda h: jnp.sum(h**2)).names
+        assert names == ("Embed_0", "blocks/0", "blocks/1", "blocks/2", "head")
     _assert_products(gf.jacobians.backward_products(sc), expected)
 
 

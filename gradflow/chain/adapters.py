@@ -20,6 +20,11 @@ norms per layer come out too. The first named layer is the chain's ``stem`` (inp
 Under ``jit`` the replayed prefix feeds nothing and XLA drops it, so a step costs what its own
 layers cost.
 
+An ``nn.scan`` stack of blocks (its blocks run inside a ``lax.scan``, so they are not calls of the
+model's own forward pass) becomes one :class:`~gradflow.chain.Scan` segment with a state per block
+when its carry comes straight from the previous named layer and goes straight into the next (checked
+by running the blocks one by one); otherwise it is folded, exactly, into the next layer's step.
+
 The chain is exact when the named layers form a chain: each state depends on the input only through
 the previous state. A skip connection that bypasses a named layer (a U-Net, a residual around a
 named block) makes the per-step Jacobians partial derivatives that do not multiply to the
@@ -199,16 +204,20 @@ class _Recorder:
 
     def __init__(self, eager: bool = True):
         self.names, self.outputs, self.eager = [], [], eager
+        self.modules, self.args, self.lifted = [], [], {}
 
-    def __call__(self, name, run):
+    def __call__(self, name, run, module=None, args=()):
         out = run()
         # In an eager capture a traced output means the call ran inside a lifted transform
-        # (the blocks of an nn.scan stack): not a state of the model's own forward pass. Such
-        # a stack is folded into the step of the next named layer, which replays it exactly.
+        # (the blocks of an nn.scan stack): not a state of the model's own forward pass. It is
+        # remembered (where it ran, the block, its arguments) so from_module can scan it.
         if self.eager and _traced(out):
+            self.lifted.setdefault(name, (len(self.names), module, args))
             return out
         self.names.append(name)
         self.outputs.append(out)
+        self.modules.append(module)
+        self.args.append(args)
         return out
 
 
@@ -246,7 +255,7 @@ def _path_name(module) -> str | None:
 
 @contextlib.contextmanager
 def _linen_hook(on_call):
-    """Routes every ``__call__`` of a bound submodule through ``on_call(name, run)``."""
+    """Routes each ``__call__`` of a bound submodule to ``on_call(name, run, module, args)``."""
 
     active = set()
 
@@ -258,7 +267,7 @@ def _linen_hook(on_call):
             return next_fun(*args, **kwargs)
         active.add(name)
         try:
-            return on_call(name, lambda: next_fun(*args, **kwargs))
+            return on_call(name, lambda: next_fun(*args, **kwargs), context.module, args)
         finally:
             active.discard(name)
 
@@ -283,7 +292,7 @@ class _LinenStep:
         on_call = _replay_interceptor(self.k, h)
         targets = set(self.names)
         try:
-            with _linen_hook(lambda n, run: on_call(run) if n in targets else run()):
+            with _linen_hook(lambda n, run, *_: on_call(run) if n in targets else run()):
                 self.module.apply(variables, dyn["input"], **dict(self.kwargs), **dyn["kwargs"])
         except _Stop as stop:
             return stop.value
@@ -329,12 +338,86 @@ def from_module(module: nn.Module, variables, x, layers: Sequence[str] | None = 
         for n in order
     ]
     dyn = {"variables": variables, "input": x, "kwargs": dynamic}
+    scans = _lifted_stacks(record, keep, chosen, variables["params"])
 
     def fn_for(k):
         return _LinenStep(module, order, k, static)
 
     with _stateful_hint("module"):
-        return _build(order, chosen, params, fn_for, dyn, x, f"module {type(module).__name__}")
+        chain = _build(order, chosen, params, fn_for, dyn, x, f"module {type(module).__name__}")
+    if not scans:
+        return chain
+    segments = []
+    for k, seg in enumerate(chain.segments, start=1):
+        if k in scans:  # the stack, then the next layer applied to its output directly
+            stack, direct = scans[k]
+            segments += [stack, seg.replace(fn=direct, x=None)]
+        else:
+            segments.append(seg)
+    chain = chain.replace(segments=tuple(segments)).validate()
+    state_shapes(chain)
+    return chain
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScannedBlock:
+    """One block of an ``nn.scan`` stack, applied on its own to the carry."""
+
+    block: nn.Module
+    rest: tuple
+
+    def __call__(self, theta, h, x=None):
+        return self.block.apply({"params": theta}, h, *self.rest)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _DirectChild:
+    """A submodule applied to the state directly (its input is exactly the previous state)."""
+
+    child: nn.Module
+
+    def __call__(self, theta, h, x=None):
+        return self.child.apply({"params": theta}, h)
+
+
+def _lifted_stacks(record: _Recorder, keep, chosen, params) -> dict:
+    """Scan segments for ``nn.scan`` stacks between two chosen layers: ``{k: (Scan, step_k)}``.
+
+    A stack recorded just before chosen call k becomes a :class:`Scan` over its blocks when it
+    is provably a plain chain link: its per-block parameters share a leading axis L, its blocks
+    take (carry, None-like extras), running the blocks one by one from the state h_{k−1}
+    reproduces the input of call k to rounding, and call k takes nothing but that input. Then
+    call k is applied directly to the stack's output. Anything else stays folded into call k's
+    replayed step, which is exact in every case.
+    """
+    out = {}
+    for name, (position, block, args) in record.lifted.items():
+        k = next((j for j, i in enumerate(keep) if i >= position), None)
+        if k is None or k == 0 or not _has(params, name) or block is None or len(args) < 1:
+            continue
+        i = keep[k]
+        rest = tuple(args[1:])
+        theta = _get_path(params, name.split("/"))
+        lengths = {jnp.shape(a)[0] for a in jax.tree_util.tree_leaves(theta) if jnp.ndim(a)}
+        if jax.tree_util.tree_leaves(rest) or len(lengths) != 1 or len(record.args[i]) != 1:
+            continue
+        length = lengths.pop()
+        step = _ScannedBlock(block.clone(parent=None), rest)
+        try:
+            h = chosen[k - 1]
+            for layer in range(length):
+                h = step(jax.tree_util.tree_map(lambda a, j=layer: a[j], theta), h)
+            target = record.args[i][0]
+            matches = same_shapes(h, target) and all(
+                np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+                for a, b in zip(jax.tree_util.tree_leaves(h), jax.tree_util.tree_leaves(target))
+            )
+        except Exception:  # a block that cannot run on its own: keep the exact fold
+            continue
+        if matches:
+            direct = _DirectChild(record.modules[i].clone(parent=None))
+            out[k] = (Scan(theta, None, step, length, name=name), direct)
+    return out
 
 
 def _has(tree, name: str) -> bool:
