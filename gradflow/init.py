@@ -1,14 +1,14 @@
 """Weight initialisers, Flax-compatible: each factory returns ``init(key, shape, dtype) -> array``.
 
 Kernels follow Flax's ``(fan_in, fan_out)`` layout, so ``fan_in = shape[-2]`` for matrices
-(``shape[0]`` for vectors). Stacked kernels (``(L, fan_in, fan_out)``) are initialised one layer at a
-time by the models, so every initialiser here sees a single layer's shape.
+(``shape[0]`` for vectors). Stacked kernels (``(L, fan_in, fan_out)``) are initialised one layer at
+a time by the models, so every initialiser here sees a single layer's shape.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -190,8 +190,9 @@ def yilmaz_poli(std: float | None = None) -> Initializer:
     paper's two theoretical models (the expected back-propagated gradient of a logistic MLP as a
     function of the mean initial weight, and a sufficient condition for it to vanish) fix the
     mean only: gradients do not vanish when it is negative and ∝ 1/N. The paper's full text was
-    not available to this project, so the spread is a free parameter here. The default s = 1/√N (LeCun scale) keeps the zero-mean part of the
-    pre-activation at unit variance; pass ``std`` to use another spread.
+    not available to this project, so the spread is a free parameter here. The default
+    s = 1/√N (LeCun scale) keeps the zero-mean part of the pre-activation at unit variance; pass
+    ``std`` to use another spread.
 
     Args:
       std: standard deviation s; ``None`` for 1/√N.

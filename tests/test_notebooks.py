@@ -37,6 +37,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
             continue
         source = "".join(cell["source"])
         # Notebook magics are not Python; the notebooks avoid them except for display helpers.
-        source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        source = "\n".join(
+            line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))
+        )
         exec(compile(source, f"{path.name}[cell {i}]", "exec"), namespace)
         plt.close("all")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -39,7 +39,7 @@ class MLPStep:
     """
 
     activation: _act.Activation
-    norm: Optional[str] = None
+    norm: str | None = None
     residual: bool = False
     residual_scale: float = 1.0
 
@@ -80,7 +80,7 @@ class MLP(nn.Module):
       kernel_init: weight initialiser (``gradflow.init``), called per layer.
       bias_init: bias initialiser.
       residual: whether hidden layers 2…depth are residual.
-      residual_scale: multiplier on the residual branch (e.g. 1/√depth keeps the forward pass bounded).
+      residual_scale: multiplier on the residual branch (1/√depth keeps the forward pass bounded).
       norm: None, "batch" or "layer" (applied to every hidden pre-activation).
       out_features: readout width.
       param_dtype: parameter dtype; None for float64 under ``jax_enable_x64``, else float32.
@@ -93,7 +93,7 @@ class MLP(nn.Module):
     bias_init: Any = dataclasses.field(default_factory=_init.zeros)
     residual: bool = False
     residual_scale: float = 1.0
-    norm: Optional[str] = None
+    norm: str | None = None
     out_features: int = 1
     param_dtype: Any = None
 
@@ -114,7 +114,9 @@ class MLP(nn.Module):
         x = _checks.as_float_array("x", x, (1, 2))
         d = p["input"]["kernel"].shape[0]
         if x.shape[-1] != d:
-            raise ValueError(f"x must have {d} features (the model's input width), got shape {x.shape}")
+            raise ValueError(
+                f"x must have {d} features (the model's input width), got shape {x.shape}"
+            )
         if self.norm == "batch" and (x.ndim != 2 or x.shape[0] < 2):
             raise ValueError(f"norm='batch' needs a batch x of shape (B >= 2, {d}), got {x.shape}")
         return x
@@ -165,14 +167,16 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        """Forward pass; ``x`` of shape ``(d,)`` or ``(B, d)`` -> ``(out_features,)`` or ``(B, out)``."""
+        """Forward pass; ``x`` ``(d,)`` or ``(B, d)`` -> ``(out_features,)`` or ``(B, out)``."""
         x = _checks.as_float_array("x", x, (1, 2))
         _common.check_input_width(self, x, "x")
         dtype = _common.resolve_dtype(self.param_dtype)
         n, extra = self.width, ({"scale": 1.0, "offset": 0.0} if self.norm else None)
         kinit, binit = self.kernel_init, self.bias_init
         p = {
-            "input": self.param("input", _common.dense_params(kinit, binit, x.shape[-1], n, dtype, extra=extra)),
+            "input": self.param(
+                "input", _common.dense_params(kinit, binit, x.shape[-1], n, dtype, extra=extra)
+            ),
             "hidden": self.param(
                 "hidden", _common.dense_params(kinit, binit, n, n, dtype, self.depth - 1, extra)
             ),
