@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["log_norm", "tree_log_norm", "renormalise", "LN10"]
+__all__ = ["log_norm", "combine_log_norms", "tree_log_norm", "renormalise", "LN10"]
 
 LN10 = 2.302585092994046  # log(10): log10(x) = log(x) / LN10
 
@@ -22,6 +22,10 @@ def log_norm(x) -> jax.Array:
     returns 0 for a gradient that is perfectly representable. Dividing by max|x| first keeps
     every square in [0, 1] and the largest equal to 1.
 
+    Differentiable everywhere: at x = 0 the value is ``-inf`` and the gradient 0, not NaN (a
+    zero-initialised bias would otherwise poison any loss written on these norms). The log is
+    taken of ones in that case and the result selected away (the "double where").
+
     Args:
       x: array of any shape.
 
@@ -32,9 +36,19 @@ def log_norm(x) -> jax.Array:
     if x.size == 0:
         return jnp.asarray(-jnp.inf, jnp.result_type(x.dtype, jnp.float32))
     a = jnp.abs(x)
+    zero = jnp.max(a) == 0
+    a = jax.lax.select(zero, jnp.ones_like(a), a)
     m = jnp.max(a)
-    safe = jnp.where(m > 0, m, 1.0)
-    return jnp.log(m) + 0.5 * jnp.log(jnp.sum(jnp.square(a / safe)))
+    log = jnp.log(m) + 0.5 * jnp.log(jnp.sum(jnp.square(a / m)))
+    return jax.lax.select(zero, jnp.full_like(log, -jnp.inf), log)
+
+
+def combine_log_norms(logs, axis=0) -> jax.Array:
+    """log √(Σ exp(2 l_i)) of log-norms l_i along ``axis``: the norm of the concatenation.
+
+    ``½ logsumexp(2 l)`` is exact at any scale, where summing squared norms would underflow.
+    """
+    return 0.5 * jax.nn.logsumexp(2.0 * jnp.asarray(logs), axis=axis)
 
 
 def tree_log_norm(tree) -> jax.Array:
@@ -46,8 +60,7 @@ def tree_log_norm(tree) -> jax.Array:
     logs = [log_norm(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
     if not logs:
         return jnp.asarray(-jnp.inf)
-    # log √(Σ exp(2 l_i)) = ½ logsumexp(2 l): exact at any scale.
-    return 0.5 * jax.nn.logsumexp(2.0 * jnp.stack(logs))
+    return combine_log_norms(jnp.stack(logs))
 
 
 def renormalise(x, log_scale):

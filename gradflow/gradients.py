@@ -22,7 +22,6 @@ import jax
 import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
@@ -78,7 +77,7 @@ class NamedNorms:
         tree), computed in log form; array of shape ``(...)``."""
         if not self.names:
             return jnp.full(jnp.shape(self.log10)[:-1], -jnp.inf)
-        return 0.5 * jax.nn.logsumexp(2.0 * _numerics.LN10 * self.log10, axis=-1) / _numerics.LN10
+        return _numerics.combine_log_norms(_numerics.LN10 * self.log10, axis=-1) / _numerics.LN10
 
     def as_dict(self, *, log10: bool = False) -> dict[str, jax.Array]:
         """``{name: norm}`` in order (``{name: log10 norm}`` with ``log10=True``); each value has
@@ -210,18 +209,6 @@ def _resolve_stacked(groups, stacked, depth: int) -> tuple[str, ...]:
     return stacked
 
 
-def _leaf_log_norm(x) -> jax.Array:
-    """``_numerics.log_norm`` with a zero gradient, not NaN, at an all-zero ``x``.
-
-    At x = 0 the log is −inf and its gradient 0·inf = NaN, which would poison any loss written on
-    these norms (zero-initialised biases are all-zero leaves). Feeding ones to the discarded
-    branch (the "double where") keeps the value −inf and selects the NaN cotangent away.
-    """
-    zero = ~jnp.any(x != 0)
-    log = _numerics.log_norm(lax.select(zero, jnp.ones_like(x), x))
-    return lax.select(zero, jnp.full_like(log, -jnp.inf), log)
-
-
 @functools.partial(jax.jit, static_argnums=1)
 def _groups_log10(leaves: tuple[tuple[jax.Array, ...], ...], stacked: tuple[bool, ...]):
     """log10 norm of each group, ``(L,)``; a stacked group gives one entry per leading index.
@@ -234,11 +221,10 @@ def _groups_log10(leaves: tuple[tuple[jax.Array, ...], ...], stacked: tuple[bool
         # Below float32 (bfloat16, float16) the logarithm itself would be too coarse.
         group = [x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in group]
         if is_stacked:
-            per_leaf = jnp.stack([jax.vmap(_leaf_log_norm)(x) for x in group])  # (leaves, L)
+            per_leaf = jnp.stack([jax.vmap(_numerics.log_norm)(x) for x in group])  # (leaves, L)
         else:
-            per_leaf = jnp.stack([_leaf_log_norm(x) for x in group])[:, None]  # (leaves, 1)
-        # log √(Σ‖leaf‖²) = ½ logsumexp(2 log ‖leaf‖): exact at any scale.
-        logs.append(per_leaf[0] if len(group) == 1 else 0.5 * jax.nn.logsumexp(2 * per_leaf, 0))
+            per_leaf = jnp.stack([_numerics.log_norm(x) for x in group])[:, None]  # (leaves, 1)
+        logs.append(per_leaf[0] if len(group) == 1 else _numerics.combine_log_norms(per_leaf))
     return jnp.concatenate(logs) / _numerics.LN10 if logs else jnp.zeros((0,), jnp.float32)
 
 

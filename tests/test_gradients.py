@@ -246,6 +246,10 @@ def test_norms_are_differentiable_at_zero_leaves():
     # exp(log(·)) round trip in float32: ~|ln v|·eps relative.
     for g, p in zip(jax.tree.leaves(grad), jax.tree.leaves(params)):
         np.testing.assert_allclose(g, 2 * p, rtol=1e-5, atol=1e-7)
+    # The same for the global norm, which shares the zero-safe log-norm.
+    grad = jax.jit(jax.grad(lambda p: gf.gradients.global_norm(p) ** 2))(params)
+    for g, p in zip(jax.tree.leaves(grad), jax.tree.leaves(params)):
+        np.testing.assert_allclose(g, 2 * p, rtol=1e-5, atol=1e-7)
 
 
 # --- forward order --------------------------------------------------------------------------------
