@@ -271,12 +271,22 @@ def lanczos_svd(
     dtype = _checks.default_float() if dtype is None else jnp.dtype(dtype)
     m_out = int(np.prod(jax.eval_shape(matvec, jax.ShapeDtypeStruct((n,), dtype)).shape))
     k, num_iters = _check_k_iters(k, num_iters, m_out, n)
-    if m_out < n:  # see _lanczos_log_scaled: bidiagonalise the tall transpose
-        out = lanczos_svd(rmatvec, matvec, m_out, k, num_iters=num_iters, key=key, dtype=dtype)
+    return _lanczos(matvec, rmatvec, n, m_out, dtype, key, num_iters, k)
+
+
+def _lanczos(apply, apply_t, n, m_out, dtype, key, num_iters, k, log_scale=None) -> TopSingular:
+    """Golub–Kahan bidiagonalisation and its Ritz triplets; ``log_scale`` is added to log σ.
+
+    Golub–Kahan's square B_j drops β_j; for a wide operator (m < n) that term carries part of the
+    spectrum even when U spans all of R^m. A wide operator is therefore bidiagonalised through its
+    tall transpose, with left and right singular vectors swapped back.
+    """
+    if m_out < n:
+        out = _lanczos(apply_t, apply, m_out, n, dtype, key, num_iters, k, log_scale)
         return out._replace(right=out.left, left=out.right)
     v1, key = _start_vector(key, n, dtype)
-    out = _golub_kahan(matvec, rmatvec, v1, m_out, num_iters, key)
-    return _ritz(*out, k, jnp.zeros((), dtype))
+    out = _golub_kahan(apply, apply_t, v1, m_out, num_iters, key)
+    return _ritz(*out, k, jnp.zeros((), dtype) if log_scale is None else log_scale)
 
 
 def _chain_operator(chain: Chain, start, stop):
@@ -468,30 +478,22 @@ def _top_segmented(sc: Segmented, key, start: int, stop: int, *, num_iters: int)
 
 
 def _lanczos_log_scaled(push, pull, n, m_out, dtype, key, num_iters):
-    if m_out < n:
-        # Golub–Kahan's square B_j drops β_j; for a wide operator (m < n) that term carries part
-        # of the spectrum even when U spans all of R^m. Bidiagonalise the tall transpose instead.
-        out = _lanczos_log_scaled(pull, push, m_out, n, dtype, key, num_iters)
-        return out._replace(right=out.left, left=out.right)
-    v1, key = _start_vector(key, n, dtype)
-    # One push fixes the overall scale c = log‖P v_1‖; Lanczos then runs on exp(−c) P, whose
-    # top singular values are O(1) whatever the depth, and c is added back to log σ.
-    log_scale = push(v1)[1]
+    # One application to the start vector (of whichever side _lanczos bidiagonalises) fixes the
+    # overall scale c = log‖P v_1‖; Lanczos then runs on exp(−c) P, whose top singular values
+    # are O(1) whatever the depth, and c is added back to log σ.
+    first, n_first = (push, n) if m_out >= n else (pull, m_out)
+    log_scale = first(_start_vector(key, n_first, dtype)[0])[1]
     log_scale = jnp.where(jnp.isfinite(log_scale), log_scale, 0.0)
     apply = lambda v: (lambda w, c: w * jnp.exp(c - log_scale))(*push(v))
     apply_t = lambda u: (lambda w, c: w * jnp.exp(c - log_scale))(*pull(u))
-    out = _golub_kahan(apply, apply_t, v1, m_out, num_iters, key)
-    return _ritz(*out, num_iters, log_scale)
+    return _lanczos(apply, apply_t, n, m_out, dtype, key, num_iters, num_iters, log_scale)
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
 def _top_dense(a, key, *, num_iters: int):
-    if a.shape[0] < a.shape[1]:  # see _lanczos_log_scaled: bidiagonalise the tall transpose
-        out = _top_dense(a.T, key, num_iters=num_iters)
-        return out._replace(right=out.left, left=out.right)
-    v1, key = _start_vector(key, a.shape[1], a.dtype)
-    out = _golub_kahan(lambda v: a @ v, lambda u: a.T @ u, v1, a.shape[0], num_iters, key)
-    return _ritz(*out, num_iters, jnp.zeros((), a.dtype))
+    m_out, n = a.shape
+    matvec, rmatvec = (lambda v: a @ v), (lambda u: a.T @ u)
+    return _lanczos(matvec, rmatvec, n, m_out, a.dtype, key, num_iters, num_iters)
 
 
 def spectral_norm(
