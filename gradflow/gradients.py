@@ -25,7 +25,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Segmented, check_chain, final_state
+from gradflow.chain import Segmented, check_chain
 from gradflow.chain.passes import flat_segments, pullback
 
 __all__ = [
@@ -479,9 +479,7 @@ def layer_grad_norms(
 @functools.partial(jax.jit, static_argnames=("loss_fn", "has_head"))
 def _chain_log_norms(sc: Segmented, loss_fn, head_params, has_head: bool):
     """Natural-log norms: (state (K + 1,), step params (K,), stem (), head ())."""
-    segs, h_last = flat_segments(sc)
-    shape = jax.eval_shape(final_state, sc)
-    _, unravel = ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
+    segs, h_last, unravel = flat_segments(sc)
     if has_head:
         loss = lambda hp, h: loss_fn(hp, unravel(h))
     else:

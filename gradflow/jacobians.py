@@ -113,9 +113,13 @@ class SegmentedProducts:
         raise IndexError(f"k must be < the number of steps {len(self.names)}")
 
 
-def _jac_fn(f, mode: str, n_in: int, n_out: int):
+def _check_mode(mode: str) -> str:
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    return mode
+
+
+def _jac_fn(f, mode: str, n_in: int, n_out: int):
     if mode == "auto":
         # Forward mode pushes n_in tangents and stores no residuals; reverse pulls n_out
         # cotangents: take whichever is fewer (a square step goes forward).
@@ -156,8 +160,7 @@ def step_jacobians(chain, *, mode: str = "auto"):
       For a Chain, array ``(K, n, n)``; for a Segmented chain, a tuple with one array
       ``(L_i, n_out, n_in)`` per segment.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    _check_mode(mode)
     sc = check_chain(chain)
     out = _step_jacobians(sc, mode)
     return out[0] if isinstance(chain, Chain) else out
@@ -198,7 +201,7 @@ def _products(sc: Segmented, method: str, mode: str):
     if method == "jacobians":
         jacs = _step_jacobians(sc, mode)
         return tuple(_products_by_matmul(jacs, jacs[-1].shape[1]))
-    segs, h_last = flat_segments(sc)
+    segs, h_last, _ = flat_segments(sc)
     u, log_c = identity_rows(h_last.shape[0], h_last.dtype)
     return tuple(JacobianProducts(p.units, p.log_scale) for p in pullback(segs, u, log_c))
 
@@ -227,8 +230,7 @@ def backward_products(chain, *, method: str = "vjp", mode: str = "auto"):
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    _check_mode(mode)
     sc = check_chain(chain)
     parts = _products(sc, method, mode)
     if isinstance(chain, Chain):
@@ -281,14 +283,11 @@ def input_output_jacobian(fn, *args, mode: str = "auto") -> jax.Array:
             f"gradflow model; got fn={type(fn).__name__} and {len(args)} more positional arguments"
         )
     x = _checks.as_float_array("x", x, tuple(range(8)))
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    _check_mode(mode)
     try:
         y = jax.eval_shape(f, x)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"fn could not be applied to x of shape {x.shape}: {exc}") from exc
     if not hasattr(y, "shape") or not jnp.issubdtype(y.dtype, jnp.inexact):
         raise TypeError(f"fn must return one floating-point array, got {y!r}")
-    if mode == "auto":
-        mode = "rev" if x.size > y.size else "fwd"
-    return (jax.jacrev if mode == "rev" else jax.jacfwd)(f)(x)
+    return _jac_fn(f, mode, x.size, y.size)(x)

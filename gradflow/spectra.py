@@ -440,7 +440,7 @@ def _segmented_operator(sc: Segmented, start: int, stop: int):
     As :func:`_chain_operator`, with static ``start``/``stop``: only the steps in [start, stop) are
     traced, and the vector changes size where a Layer changes the state's shape.
     """
-    segs, _ = flat_segments(sc)
+    segs = flat_segments(sc)[0]
     pieces, offset = [], 0
     for seg in segs:
         lo, hi = max(start - offset, 0), min(stop - offset, seg.length)

@@ -137,10 +137,20 @@ def _select(found: list[str], layers, default: list[str], what: str) -> tuple[st
     return tuple(dict.fromkeys(layers))
 
 
-def _get_path(tree, path):
-    for p in path:
-        tree = tree[p]
+def _find(tree, path):
+    """``tree[path[0]]…[path[-1]]``, or None where the path does not exist (a layer without
+    parameters has no entry)."""
+    try:
+        for p in path:
+            tree = tree[p]
+    except (KeyError, TypeError, IndexError):
+        return None
     return tree
+
+
+def _layer_params(tree, path):
+    found = _find(tree, path)
+    return {} if found is None else found
 
 
 def _set_path(tree, path, value):
@@ -286,7 +296,9 @@ class _LinenStep:
 
     def __call__(self, params_k, h, dyn):
         variables = dyn["variables"]
-        if _has(variables["params"], self.names[self.k]):  # parameter-free layers have none
+        if (
+            _find(variables["params"], self.names[self.k].split("/")) is not None
+        ):  # parameter-free layers have none
             path = ("params", *self.names[self.k].split("/"))
             variables = _set_path(variables, path, params_k)
         on_call = _replay_interceptor(self.k, h)
@@ -333,10 +345,7 @@ def from_module(module: nn.Module, variables, x, layers: Sequence[str] | None = 
     keep = [i for i, n in enumerate(found) if n in names]
     order = tuple(found[i] for i in keep)
     chosen = [record.outputs[i] for i in keep]
-    params = [
-        _get_path(variables["params"], n.split("/")) if _has(variables["params"], n) else {}
-        for n in order
-    ]
+    params = [_layer_params(variables["params"], n.split("/")) for n in order]
     dyn = {"variables": variables, "input": x, "kwargs": dynamic}
     scans = _lifted_stacks(record, keep, chosen, variables["params"])
 
@@ -393,11 +402,17 @@ def _lifted_stacks(record: _Recorder, keep, chosen, params) -> dict:
     out = {}
     for name, (position, block, args) in record.lifted.items():
         k = next((j for j, i in enumerate(keep) if i >= position), None)
-        if k is None or k == 0 or not _has(params, name) or block is None or len(args) < 1:
+        if (
+            k is None
+            or k == 0
+            or _find(params, name.split("/")) is None
+            or block is None
+            or len(args) < 1
+        ):
             continue
         i = keep[k]
         rest = tuple(args[1:])
-        theta = _get_path(params, name.split("/"))
+        theta = _find(params, name.split("/"))
         lengths = {jnp.shape(a)[0] for a in jax.tree_util.tree_leaves(theta) if jnp.ndim(a)}
         if jax.tree_util.tree_leaves(rest) or len(lengths) != 1 or len(record.args[i]) != 1:
             continue
@@ -418,14 +433,6 @@ def _lifted_stacks(record: _Recorder, keep, chosen, params) -> dict:
             direct = _DirectChild(record.modules[i].clone(parent=None))
             out[k] = (Scan(theta, None, step, length, name=name), direct)
     return out
-
-
-def _has(tree, name: str) -> bool:
-    try:
-        _get_path(tree, name.split("/"))
-        return True
-    except (KeyError, TypeError, IndexError):
-        return False
 
 
 # --- from_nnx -------------------------------------------------------------------------------------
@@ -520,7 +527,9 @@ class _NnxStep:
     def __call__(self, params_k, h, dyn):
         params = _fresh(dyn["state"])  # a fresh State to fill
         pure = dyn["pure"]
-        if _has_nnx(pure, self.names[self.k]):  # parameter-free layers have none
+        if (
+            _find(pure, _nnx_path(self.names[self.k])) is not None
+        ):  # parameter-free layers have none
             pure = _set_path(pure, _nnx_path(self.names[self.k]), params_k)
         nnx.replace_by_pure_dict(params, pure)
         on_call = _replay_interceptor(self.k, h)
@@ -589,20 +598,12 @@ def from_nnx(model, x, layers: Sequence[str] | None = None, **kwargs) -> Segment
     names = _select(found, layers, found, what)
     chosen = [o for n, o in zip(found, outs) if n in names]
     order = tuple(n for n in found if n in names)
-    params = [_get_path(pure, _nnx_path(n)) if _has_nnx(pure, n) else {} for n in order]
+    params = [_layer_params(pure, _nnx_path(n)) for n in order]
     dyn = {"state": state, "pure": pure, "rest": rest, "input": x, "kwargs": dynamic}
     with _stateful_hint("model"):
         return _build(
             order, chosen, params, lambda k: _NnxStep(graphdef, order, k, static), dyn, x, what
         )
-
-
-def _has_nnx(pure, name: str) -> bool:
-    try:
-        _get_path(pure, _nnx_path(name))
-        return True
-    except (KeyError, TypeError, IndexError):
-        return False
 
 
 # --- from_cell ------------------------------------------------------------------------------------

@@ -59,9 +59,14 @@ def _check_stacked(owner: str, name: str, tree, length: int) -> None:
             )
 
 
-def _check_length(owner: str, length) -> None:
+def _check_steps(owner: str, length, shared: bool, params, xs) -> None:
+    """A scanned run's static length and the leading axes of its per-step params and inputs."""
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"{owner} length must be an integer >= 0, got {length!r}")
+    if not shared:
+        _check_stacked(owner, "params", params, length)
+    if xs is not None:
+        _check_stacked(owner, "xs", xs, length)
 
 
 @struct.dataclass
@@ -98,11 +103,7 @@ class Scan:
         return tuple(f"{self.name}/{i}" for i in range(self.length))
 
     def validate(self) -> Scan:
-        _check_length("Scan", self.length)
-        if not self.shared:
-            _check_stacked("Scan", "params", self.params, self.length)
-        if self.xs is not None:
-            _check_stacked("Scan", "xs", self.xs, self.length)
+        _check_steps("Scan", self.length, self.shared, self.params, self.xs)
         return self
 
 
@@ -160,11 +161,7 @@ class Chain:
     name: str = struct.field(pytree_node=False, default="step")
 
     def __post_init__(self):
-        _check_length("Chain", self.length)
-        if not self.shared:
-            _check_stacked("Chain", "params", self.params, self.length)
-        if self.xs is not None:
-            _check_stacked("Chain", "xs", self.xs, self.length)
+        _check_steps("Chain", self.length, self.shared, self.params, self.xs)
 
     @property
     def state_size(self) -> int:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _numerics
-from gradflow.chain.core import Layer, Segmented, as_segmented, forward
+from gradflow.chain.core import Layer, as_segmented, forward
 
 __all__ = [
     "FlatSegment",
@@ -63,8 +63,8 @@ def flat_fn(fn, h_example):
     return f
 
 
-def flat_segments(chain) -> tuple[list[FlatSegment], jax.Array]:
-    """Runs the chain forward and returns its segments as :class:`FlatSegment` s and flat h_K.
+def flat_segments(chain) -> tuple[list[FlatSegment], jax.Array, Callable]:
+    """Runs the chain forward: its segments as :class:`FlatSegment` s, flat h_K, h_K's unravel.
 
     Layers become length-1 segments, so every segment is scanned the same way.
     """
@@ -79,8 +79,7 @@ def flat_segments(chain) -> tuple[list[FlatSegment], jax.Array]:
             out.append(FlatSegment(f, flat_in, lift(seg.params), lift(seg.x), None, False, 1))
         else:
             example = jax.tree_util.tree_map(lambda a: a[0], hin)
-            step = lambda th, h, x, seg=seg: seg.step(th, h, x)
-            f = flat_fn(step, example)
+            f = flat_fn(seg.step, example)
             flat_in = jax.vmap(lambda h: ravel_pytree(h)[0])(hin)
             thetas = None if seg.shared else seg.params
             out.append(
@@ -94,7 +93,7 @@ def flat_segments(chain) -> tuple[list[FlatSegment], jax.Array]:
                     seg.length,
                 )
             )
-    return out, ravel_pytree(h_last)[0]
+    return (out, *ravel_pytree(h_last))
 
 
 class Pulled(NamedTuple):
@@ -167,7 +166,3 @@ def identity_rows(n: int, dtype):
         jnp.eye(n, dtype=dtype) / jnp.sqrt(jnp.asarray(n, dtype)),
         0.5 * jnp.log(jnp.asarray(n, dtype)),
     )
-
-
-def is_segmented(chain) -> bool:
-    return isinstance(chain, Segmented)
