@@ -1,4 +1,4 @@
-"""Argument checks shared by the public API: fail in Python, before tracing, with one clear message."""
+"""Argument checks shared by the public API: fail in Python, before tracing, with one message."""
 
 from __future__ import annotations
 

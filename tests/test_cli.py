@@ -46,7 +46,8 @@ def test_measure_rnn_respects_pascanu_bound():
         distance = np.arange(30, 0, -1)
         # float32 Jacobians: 1e-4 relative slack for rounding accumulated over 30 products.
         assert np.all(norms <= lam1[:, None] ** distance * (1 + 1e-4))
-        np.testing.assert_allclose(lam1, rho, rtol=1e-5)  # orthogonal·ρ has λ₁ = ρ = spectral radius
+        # orthogonal·ρ has λ₁ = ρ = spectral radius
+        np.testing.assert_allclose(lam1, rho, rtol=1e-5)
         np.testing.assert_allclose(rad, rho, rtol=1e-5)
 
 
@@ -54,20 +55,28 @@ def test_measure_rnn_respects_pascanu_bound():
 def test_figures_vanishing_end_to_end(tmp_path):
     assert cli.main(["figures", "--out", str(tmp_path), "--only", "vanishing"]) == 0
     out = tmp_path / "vanishing"
-    for png in ("layer_grad_norms", "jacobian_singular_values", "rnn_weak_input", "rnn_strong_input"):
+    for png in (
+        "layer_grad_norms",
+        "jacobian_singular_values",
+        "rnn_weak_input",
+        "rnn_strong_input",
+    ):
         assert (out / f"{png}.png").stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
     mlp = summary["mlp"]
     # The seeds' core claim, by number: sigmoid/Glorot vanishes by > 20 orders of magnitude over
     # 49 layers; Kumar and Yilmaz–Poli each recover part of it; tanh/ReLU/residual stay within ~1.
     assert mlp["sigmoid, Glorot"]["log10_first_over_last_hidden"] < -20
-    assert mlp["sigmoid, Glorot"]["log10_first_over_last_hidden"] < mlp["sigmoid, Kumar (3.6/√N)"][
-        "log10_first_over_last_hidden"
-    ]
+    assert (
+        mlp["sigmoid, Glorot"]["log10_first_over_last_hidden"]
+        < mlp["sigmoid, Kumar (3.6/√N)"]["log10_first_over_last_hidden"]
+    )
     for label in ("tanh, Glorot", "ReLU, He", "residual ReLU, He"):
         assert abs(mlp[label]["log10_first_over_last_hidden"]) < 1.5
     weak = summary["rnn"]["weak_input"]
     assert weak["below"]["log_rate_per_step"] < 0 < weak["above"]["log_rate_per_step"]
     for regime in ("weak_input", "strong_input"):
-        assert not any(summary["rnn"][regime][w]["bound_violated"] for w in ("below", "at", "above"))
+        assert not any(
+            summary["rnn"][regime][w]["bound_violated"] for w in ("below", "at", "above")
+        )
     assert json.loads((tmp_path / "summary.json").read_text())["vanishing"]["seconds"] > 0

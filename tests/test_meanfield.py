@@ -484,7 +484,8 @@ def test_nngp_kernel_matches_wide_networks(activation):
     norms = np.linalg.norm(xd, axis=1)
     ref = sw**2 * xd @ xd.T / 10 + sb**2
     scale = sw**2 * np.outer(norms, norms) / 10 + sb**2
-    assert np.all(np.abs(np.asarray(mf.nngp_kernel(x, activation, sw, sb, 0)) - ref) <= 1e-6 * scale)
+    got = np.asarray(mf.nngp_kernel(x, activation, sw, sb, 0))
+    assert np.all(np.abs(got - ref) <= 1e-6 * scale)
 
 
 def test_nngp_kernel_diagonal_is_the_q_map():

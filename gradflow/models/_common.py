@@ -15,7 +15,9 @@ def unwrap(params):
     if isinstance(params, dict) and set(params) == {"params"}:
         params = params["params"]
     if not isinstance(params, dict):
-        raise TypeError(f"params must be the dict returned by model.init, got {type(params).__name__}")
+        raise TypeError(
+            f"params must be the dict returned by model.init, got {type(params).__name__}"
+        )
     _checks.check_finite("params", params)
     return params
 
@@ -47,7 +49,7 @@ def dense_params(kernel_init, bias_init, fan_in: int, fan_out: int, dtype, count
 
 
 def bcast(v, like):
-    """Broadcasts a per-feature vector to ``like``'s shape explicitly (rank promotion may be off)."""
+    """Broadcasts a per-feature vector to ``like``'s shape explicitly (rank promotion may raise)."""
     return jnp.broadcast_to(v, like.shape)
 
 

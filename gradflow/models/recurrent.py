@@ -62,7 +62,7 @@ class GRUStep:
 
 
 class _Recurrent(nn.Module):
-    """Shared machinery: params ``input`` (U, b), ``recurrent`` (W), ``readout``; u is (T, d) or (B, T, d)."""
+    """Shared machinery: params ``input`` (U, b), ``recurrent`` (W), ``readout``; u is (…, T, d)."""
 
     width: int
     input_init: Any = dataclasses.field(default_factory=_init.lecun)
@@ -111,12 +111,21 @@ class _Recurrent(nn.Module):
         u = _checks.as_float_array("u", u, (2, 3))
         d = p["input"]["kernel"].shape[0]
         if u.shape[-1] != d:
-            raise ValueError(f"u must have {d} features per step (the model's input width), got {u.shape}")
+            raise ValueError(
+                f"u must have {d} features per step (the model's input width), got {u.shape}"
+            )
         drive = _common.readout(p["input"], u)  # (…, T, gates·n)
         if drive.ndim == 3:
             drive = jnp.swapaxes(drive, 0, 1)  # time-major for the scan
         h0 = self._h0(drive.shape[1:-1], drive.dtype)
-        return Chain(params=p["recurrent"], xs=drive, h0=h0, step=self.step, length=drive.shape[0], shared=True)
+        return Chain(
+            params=p["recurrent"],
+            xs=drive,
+            h0=h0,
+            step=self.step,
+            length=drive.shape[0],
+            shared=True,
+        )
 
     def features(self, params, u):
         """The final hidden vector h_T, shape ``(n,)`` or ``(B, n)``."""
@@ -124,18 +133,22 @@ class _Recurrent(nn.Module):
 
     @nn.compact
     def __call__(self, u):
-        """Reads out the final hidden state; ``u`` ``(T, d)`` -> ``(out,)``, ``(B, T, d)`` -> ``(B, out)``."""
+        """Reads out h_T; ``u`` ``(T, d)`` -> ``(out,)``, ``(B, T, d)`` -> ``(B, out)``."""
         u = _checks.as_float_array("u", u, (2, 3))
         _common.check_input_width(self, u, "u")
         dtype = _common.resolve_dtype(self.param_dtype)
         n = self.width
         p = {
             "input": self.param(
-                "input", _common.dense_params(self.input_init, self.bias_init, u.shape[-1], self.gates * n, dtype)
+                "input",
+                _common.dense_params(
+                    self.input_init, self.bias_init, u.shape[-1], self.gates * n, dtype
+                ),
             ),
             "recurrent": self.param("recurrent", self._recurrent_params, dtype),
             "readout": self.param(
-                "readout", _common.dense_params(_init.lecun(), _init.zeros(), n, self.out_features, dtype)
+                "readout",
+                _common.dense_params(_init.lecun(), _init.zeros(), n, self.out_features, dtype),
             ),
         }
         return _common.readout(p["readout"], self.features(p, u))
@@ -184,7 +197,7 @@ class LSTM(_Recurrent):
     def chain(self, params, u) -> Chain:
         ch = super().chain(params, u)
         n = self.width
-        # Forget-gate bias as a fixed offset on the drive (Gers et al. 2000; Jozefowicz et al. 2015).
+        # Forget-gate bias: a fixed offset on the drive (Gers et al. 2000; Jozefowicz et al. 2015).
         offset = jnp.zeros((4 * n,), ch.xs.dtype).at[n : 2 * n].set(self.forget_bias)
         return ch.replace(xs=ch.xs + _common.bcast(offset, ch.xs))
 
