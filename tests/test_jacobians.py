@@ -345,3 +345,24 @@ def test_pascanu_bound_is_attained_at_a_fixed_point_at_zero(x64, activation, gam
     params["params"]["recurrent"]["kernel"][:] = w
     log_norm2 = np.asarray(_products(model, params, u).log_spectral_norm())
     np.testing.assert_allclose(log_norm2, (6 - np.arange(6)) * math.log(gamma * w), rtol=1e-12)
+
+
+def test_input_output_jacobian_of_any_callable_closed_form(x64):
+    # f(X) = tanh(A vec(X)) for X of shape (2, 3): ∂f/∂X = diag(1 − tanh²(A x)) A, reshaped to
+    # y.shape + x.shape. Every mode must give it to rounding (1e-12 in float64).
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((4, 6))
+    x = rng.standard_normal((2, 3))
+    f = lambda xx: jnp.tanh(jnp.asarray(a) @ xx.reshape(-1))
+    z = np.tanh(a @ x.reshape(-1))
+    expected = ((1 - z**2)[:, None] * a).reshape(4, 2, 3)
+    for mode in ("auto", "fwd", "rev"):
+        got = gf.jacobians.input_output_jacobian(f, x, mode=mode)
+        assert got.shape == (4, 2, 3)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="fn"):
+        gf.jacobians.input_output_jacobian(lambda xx: (xx, xx), x)
+    with pytest.raises(TypeError, match="input_output_jacobian takes"):
+        gf.jacobians.input_output_jacobian("tanh", x)
+    with pytest.raises(ValueError, match="mode"):
+        gf.jacobians.input_output_jacobian(f, x, mode="sideways")
