@@ -69,6 +69,12 @@ __all__ = [
     "nngp_kernel",
     "Q_MIN",
     "Q_MAX",
+    "CNNModes",
+    "cnn_window_eigenvalues",
+    "cnn_mode_rates",
+    "ResidualLNLayers",
+    "residual_ln_layers",
+    "residual_ln_zeta",
 ]
 
 # Lengths are searched in [Q_MIN, Q_MAX] in log space. Q_MIN is far below any length that matters
@@ -917,3 +923,255 @@ def nngp_kernel(x, activation, sigma_w, sigma_b, depth: int) -> jax.Array:
         raise ValueError("sigma_w and sigma_b must be scalars (vmap over them for a sweep)")
     x, sw, sb = _common(x, sw, sb)
     return _nngp_jit(k, int(depth), x, sw * sw, sb * sb)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutional networks: spatial Fourier modes of the covariance (Xiao et al. 2018)
+# --------------------------------------------------------------------------------------------
+
+
+class CNNModes(NamedTuple):
+    """Per spatial Fourier mode m: the window-average eigenvalue, the decay rate, the depth scale.
+
+    Attributes:
+      eigenvalues: λ_m of the filter-window average (:func:`cnn_window_eigenvalues`), array of
+        the spatial shape (DFT order, m = 0 first, as ``jnp.fft.fftn``).
+      rates: λ_m χ_c*, the factor by which mode m of a covariance perturbation shrinks per layer.
+      depth_scales: ξ_m = −1/log|λ_m χ_c*| (inf where |λ_m χ_c*| >= 1, 0 where λ_m = 0).
+    """
+
+    eigenvalues: jax.Array
+    rates: jax.Array
+    depth_scales: jax.Array
+
+
+def _spatial_args(spatial_shape, kernel_size) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(n_1, …), (k_1, …)``: positive sizes, odd kernels, one per spatial axis."""
+
+    def ints(name, value):
+        vals = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be positive integers, got {value!r}")
+        return tuple(int(v) for v in vals)
+
+    n = ints("spatial_shape", spatial_shape)
+    k = ints("kernel_size", kernel_size)
+    if len(k) == 1 and len(n) > 1:
+        k = k * len(n)
+    if len(k) != len(n):
+        raise ValueError(
+            f"kernel_size must be an int or one size per spatial axis {n}, got {kernel_size!r}"
+        )
+    if any(kk % 2 == 0 for kk in k):
+        raise ValueError(f"kernel_size must be odd (a centred window), got {kernel_size!r}")
+    return n, k
+
+
+def _window_eigenvalues_1d(n: int, size: int) -> np.ndarray:
+    """λ_m = sin(size·πm/n) / (size·sin(πm/n)), λ_0 = 1, in float64 (a Dirichlet kernel)."""
+    m = np.arange(n)
+    # Reduce size·m mod 2n in integers first: exact zeros where size·m/n is an integer
+    # (the window is a whole number of periods of mode m), and no rounding growth with size·m.
+    top = (size * m) % (2 * n)
+    num = np.where(top % n == 0, 0.0, np.sin(np.pi * top / n))
+    den = size * np.sin(np.pi * m / n)
+    return np.where(m == 0, 1.0, num / np.where(m == 0, 1.0, den))
+
+
+def cnn_window_eigenvalues(spatial_shape, kernel_size) -> jax.Array:
+    """Eigenvalues of the filter-window average 𝒜 on a periodic grid, one per Fourier mode.
+
+    A circular convolution with i.i.d. N(0, σ_w²/(window·C)) weights maps the pre-activation
+    covariance Σ_{α,α'} of one input through 𝒜: [𝒜 Σ]_{α,α'} = (1/|window|) Σ_β Σ_{α+β, α'+β}, the
+    average over the window's offsets β along each diagonal α' − α = δ (Xiao et al. 2018, §2, the
+    covariance recursion Σ^{l+1} = σ_w² 𝒜 ⋆ C(Σ^l) + σ_b²). On n periodic positions 𝒜 is
+    circulant along α, so its eigenvectors are the Fourier modes e^{2πimα/n}, with eigenvalues, for
+    a window of 2k + 1 taps,
+
+        λ_m = sin((2k+1)πm/n) / ((2k+1) sin(πm/n)),   λ_0 = 1,
+
+    (the Dirichlet kernel; exact also when 2k + 1 > n, counting wrapped taps with multiplicity, as
+    circular padding does). In 2-D the average factorises, λ_{m1,m2} = λ_{m1} λ_{m2}.
+
+    Args:
+      spatial_shape: n (1-D) or (n_1, n_2) (2-D), the number of positions per axis.
+      kernel_size: odd window size, an int or one per axis.
+
+    Returns:
+      λ, array of shape ``spatial_shape`` in DFT order (index m, modes m and n − m coincide),
+      float64 under ``jax_enable_x64`` else float32.
+
+    Raises:
+      ValueError: for non-positive sizes, an even kernel size or mismatched lengths.
+
+    References:
+      Xiao, Bahri, Sohl-Dickstein, Schoenholz & Pennington 2018, "Dynamical isometry and a mean
+      field theory of CNNs: how to train 10,000-layer vanilla convolutional neural networks",
+      ICML, arXiv:1806.05393, §2.
+    """
+    n, k = _spatial_args(spatial_shape, kernel_size)
+    lam = np.ones((), np.float64)
+    for nn_, kk in zip(n, k):
+        lam = np.multiply.outer(lam, _window_eigenvalues_1d(nn_, kk))
+    return jnp.asarray(lam, jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def cnn_mode_rates(activation, sigma_w2, sigma_b2, spatial_shape, kernel_size) -> CNNModes:
+    """Decay rate λ_m χ_c* and depth scale ξ_m of every spatial Fourier mode of a circular CNN.
+
+    Linearising the covariance recursion around its fixed point Σ* (q* on the diagonal, q* c* off
+    it), an off-diagonal perturbation ε^l_{α,α+δ} (δ ≠ 0) obeys
+
+        ε^{l+1}_{α,α+δ} = χ_c* · (1/(2k+1)) Σ_j ε^l_{α+j, α+δ+j},
+
+    (Xiao et al. 2018, §2; χ_c* = :func:`chi_c` at c*), so its m-th Fourier component along α
+    shrinks by λ_m χ_c* per layer: ε̂^l_m ∝ (λ_m χ_c*)^l, with depth scale
+    ξ_m = −1/log|λ_m χ_c*|. Mode 0 is the fully connected network's ξ_c; every other mode decays
+    faster, so at the edge of chaos (χ_c* = 1) only the spatially uniform mode survives — unless
+    the kernel is a delta (delta-orthogonal), for which λ_m = 1 for every m. The diagonal
+    (δ = 0, the lengths) follows the same averaging with the q-map's slope instead of χ_c*.
+
+    Args:
+      activation: registry name or callable.
+      sigma_w2: σ_w² > 0, scalar.
+      sigma_b2: σ_b² >= 0, scalar.
+      spatial_shape: n or (n_1, n_2), positions per axis.
+      kernel_size: odd window size, an int or one per axis.
+
+    Returns:
+      :class:`CNNModes`, each field of shape ``spatial_shape`` (DFT order).
+
+    Raises:
+      ValueError: for bad sizes (see :func:`cnn_window_eigenvalues`), non-scalar or out-of-range
+        variances, or an unknown activation.
+
+    References:
+      Xiao, Bahri, Sohl-Dickstein, Schoenholz & Pennington 2018, arXiv:1806.05393, §2;
+      Schoenholz, Gilmer, Ganguli & Sohl-Dickstein 2017, arXiv:1611.01232, eq. 9 (ξ_c).
+    """
+    lam = cnn_window_eigenvalues(spatial_shape, kernel_size)
+    sw2, sb2 = _variances(sigma_w2, sigma_b2)
+    if sw2.ndim or sb2.ndim:
+        raise ValueError("sigma_w2 and sigma_b2 must be scalars (vmap over them for a sweep)")
+    chi = chi_c(activation, sw2, sb2)
+    rates = lam * chi.astype(lam.dtype)
+    return CNNModes(lam, rates, _depth_scale(jnp.abs(rates)))
+
+
+# --------------------------------------------------------------------------------------------
+# Residual networks with LayerNorm: partial-Jacobian norms (Doshi, He & Gromov 2023)
+# --------------------------------------------------------------------------------------------
+
+
+class ResidualLNLayers(NamedTuple):
+    """Mean-field lengths and partial-Jacobian norms of a pre-LN residual network, layer by layer.
+
+    Attributes:
+      q: array ``(depth + 1, *shape)``, the variance q^l of h^l across its N units (the paper's
+        kernel 𝒦^l), l = 0 … depth.
+      chi_j: array ``(depth, *shape)``, χ_J^l = J^{l,l+1}, l = 0 … depth − 1.
+      log_apjn: array ``(depth + 1, *shape)``, log J^{0,l} = Σ_{k<l} log χ_J^k (0 at l = 0); for
+        any pair, log J^{l0,l} = log_apjn[l] − log_apjn[l0].
+    """
+
+    q: jax.Array
+    chi_j: jax.Array
+    log_apjn: jax.Array
+
+
+def _ln_moments(k: _Kernel, dtype):
+    """(E φ(z)², E φ'(z)²) for z ~ N(0, 1): LayerNorm fixes the branch input's variance to 1."""
+    one = jnp.ones((), dtype)
+    return k.phi2(one), k.dphi2(one)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _residual_ln_jit(k, depth, sw2, sb2, q0, mu):
+    phi2, dphi2 = _ln_moments(k, q0.dtype)
+    grow = sw2 * phi2 + sb2  # what one block adds to the variance
+    gain = sw2 * dphi2  # one block's branch Jacobian, times q^l
+
+    def body(q, _):
+        return mu * mu * q + grow, (q, mu * mu + gain / q)
+
+    q_last, (qs, chis) = jax.lax.scan(body, q0, None, length=depth)
+    q = jnp.concatenate([qs, q_last[None]])
+    zero = jnp.zeros_like(q0)[None]
+    return ResidualLNLayers(q, chis, jnp.concatenate([zero, jnp.cumsum(jnp.log(chis), axis=0)]))
+
+
+def residual_ln_layers(
+    activation, sigma_w2, sigma_b2, q0, depth: int, *, mu=1.0
+) -> ResidualLNLayers:
+    """The partial-Jacobian recursion of a residual network with LayerNorm on the pre-activations.
+
+    The network h^{l+1} = μ h^l + W^{l+1} φ(LN(h^l)) + b^{l+1}, W_ij ~ N(0, σ_w²/N),
+    b_i ~ N(0, σ_b²), LN(h) = (h − mean h)/std h over the N units (no gain or bias), has at
+    infinite width (Doshi, He & Gromov 2023, §3–4; z ~ N(0, 1) because LN(h^l) has unit variance)
+
+        q^{l+1}  = μ² q^l + σ_w² E[φ(z)²] + σ_b²,
+        χ_J^l    = μ² + σ_w² E[φ'(z)²] / q^l,                  (LN's Jacobian scales as 1/√q^l)
+        J^{l0,l} = ∏_{k=l0}^{l−1} χ_J^k.
+
+    With μ = 1 the variance grows linearly, q^l = q^0 + l (σ_w² E φ² + σ_b²), so χ_J^l = 1 + O(1/l)
+    and J^{l0,l} ~ (l/l0)^ζ (:func:`residual_ln_zeta`): a power law for every (σ_w², σ_b²), the
+    "everywhere critical" regime. With μ < 1, q^l → q* = (σ_w² E φ² + σ_b²)/(1 − μ²) and
+    χ_J → μ² + (1 − μ²) ζ, so the network is critical exactly where ζ = 1 (ordered for ζ < 1,
+    chaotic for ζ > 1).
+
+    The expectations are the library's Gaussian integrals at q = 1 (closed forms for ReLU, leaky
+    ReLU, linear and erf; quadrature otherwise, see the module docstring).
+
+    Args:
+      activation: registry name or callable.
+      sigma_w2: σ_w² > 0; scalars or arrays broadcast with ``sigma_b2``, ``q0``, ``mu``.
+      sigma_b2: σ_b² >= 0.
+      q0: q^0 > 0, the variance of h^0 across its units (what LayerNorm divides by; for a finite
+        network, ``jnp.var(h0)``).
+      depth: number of blocks >= 0.
+      mu: residual strength μ >= 0 (the paper's μ; 1 is the plain residual connection).
+
+    Returns:
+      :class:`ResidualLNLayers`.
+
+    Raises:
+      ValueError: for an unknown activation, ``depth`` < 0 or an out-of-range value.
+
+    References:
+      Doshi, He & Gromov, "Critical initialization of wide and deep neural networks using partial
+      Jacobians: general theory and applications", NeurIPS 2023, arXiv:2111.12143 (LayerNorm and
+      residual connections: the recursions for 𝒦^l and χ_J^l, and the power law of J^{l0,l}).
+    """
+    _check_depth(depth)
+    k = _kernel(activation)
+    sw2, sb2 = _variances(sigma_w2, sigma_b2)
+    q0 = _as_float("q0", q0, minimum=0.0, strict=True)
+    mu = _as_float("mu", mu, minimum=0.0)
+    return _residual_ln_jit(k, int(depth), *_broadcast(*_common(sw2, sb2, q0, mu)))
+
+
+def residual_ln_zeta(activation, sigma_w2, sigma_b2) -> jax.Array:
+    """ζ = σ_w² E[φ'(z)²] / (σ_w² E[φ(z)²] + σ_b²), the exponent of J^{l0,l} ~ (l/l0)^ζ.
+
+    For the μ = 1 pre-LN residual network of :func:`residual_ln_layers`: ζ is the limit of
+    l (χ_J^l − 1). For ReLU with σ_b² = 0, E φ'² = E φ² = 1/2, so ζ = 1 for every σ_w²; biases
+    lower it (σ_b² adds to the variance but not to the branch's Jacobian). ζ = 1 is also the
+    critical line for μ < 1.
+
+    Args:
+      activation: registry name or callable.
+      sigma_w2: σ_w² > 0.
+      sigma_b2: σ_b² >= 0.
+
+    Returns:
+      ζ, array of the broadcast shape of ``sigma_w2`` and ``sigma_b2``.
+
+    References:
+      Doshi, He & Gromov, arXiv:2111.12143 (the power-law exponent of the everywhere-critical
+      LayerNorm + residual network).
+    """
+    k = _kernel(activation)
+    sw2, sb2 = _common(*_broadcast(*_variances(sigma_w2, sigma_b2)))
+    phi2, dphi2 = _ln_moments(k, sw2.dtype)
+    return sw2 * dphi2 / (sw2 * phi2 + sb2)

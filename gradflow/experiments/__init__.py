@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "pascanu2013": "gradflow.experiments.pascanu2013",
     "init_study": "gradflow.experiments.init_study",
     "mitigations": "gradflow.experiments.mitigations",
+    "partial_jacobians": "gradflow.experiments.partial_jacobians",
 }
 
 

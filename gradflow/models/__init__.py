@@ -1,6 +1,7 @@
 """Flax models that expose their chain of hidden-to-hidden maps."""
 
+from gradflow.models import wide
 from gradflow.models.mlp import MLP
 from gradflow.models.recurrent import GRU, LSTM, RNN
 
-__all__ = ["MLP", "RNN", "LSTM", "GRU"]
+__all__ = ["MLP", "RNN", "LSTM", "GRU", "wide"]
