@@ -2,6 +2,7 @@
 
 from gradflow import (
     activations,
+    attention,
     chain,
     dynamics,
     gradient_free,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Chain",
     "activations",
+    "attention",
     "chain",
     "dynamics",
     "gradient_free",

@@ -287,32 +287,43 @@ __all__ += [
 
 
 def cnn_singular_value_spread(
-    d: np.ndarray, log10_sv: Mapping[str, np.ndarray], *, title: str = ""
+    d: np.ndarray,
+    log10_sv: Mapping[str, np.ndarray],
+    *,
+    resolved: Mapping[str, np.ndarray] | None = None,
+    title: str = "",
 ) -> plt.Figure:
-    """Singular values of ∂h_L/∂h_{L−d} against d: median (line), σ_max and σ_min (band).
+    """Singular values of ∂h_L/∂h_{L−d} against d: median (line), σ_max to σ_min (band).
 
     The mean-field prediction at χ₁ = 1 is a mean squared singular value of χ₁^d = 1, drawn
-    dashed at σ = 1; dynamical isometry means the whole band stays near it.
+    dashed at σ = 1; dynamical isometry means the whole band stays near it. With ``resolved``
+    the band's lower edge is the smallest resolved singular value (median over seeds), and the
+    median line stops where fewer than half the singular values are resolved.
 
     Args:
       d: array ``(D,)`` of depths (layers back from the top), > 0.
-      log10_sv: label -> array ``(seeds, D, k)`` of log10 singular values, descending (values
-        at the resolution floor count as σ_min).
+      log10_sv: label -> array ``(seeds, D, k)`` of log10 singular values, descending.
+      resolved: label -> bool array like ``log10_sv``: values above the numerical floor.
     """
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     d = np.asarray(d)
     for (label, sv), c in zip(log10_sv.items(), palette(len(log10_sv))):
-        sv = np.asarray(sv)
-        ax.plot(d, np.median(np.median(sv, axis=2), axis=0), color=c, lw=1.8,
-                label=f"{label}: median")
-        ax.fill_between(d, np.median(sv[:, :, -1], 0), np.median(sv[:, :, 0], 0), color=c,
-                        alpha=0.18, lw=0)
-        ax.plot(d, np.median(sv[:, :, 0], 0), color=c, lw=0.8, alpha=0.7)
-        ax.plot(d, np.median(sv[:, :, -1], 0), color=c, lw=0.8, alpha=0.7)
+        sv = np.asarray(sv, np.float64)
+        ok = np.ones(sv.shape, bool) if resolved is None else np.asarray(resolved[label])
+        low = np.median(np.where(ok, sv, np.inf).min(axis=2), axis=0)
+        med = np.median(np.median(sv, axis=2), axis=0)
+        med = np.where(np.median(ok.mean(axis=2), axis=0) >= 0.5, med, np.nan)
+        top = np.median(sv[:, :, 0], axis=0)
+        ax.plot(d, med, color=c, lw=1.8, label=f"{label}: median")
+        ax.fill_between(d, low, top, color=c, alpha=0.18, lw=0)
+        ax.plot(d, top, color=c, lw=0.8, alpha=0.7)
+        ax.plot(d, low, color=c, lw=0.8, alpha=0.7)
     ax.axhline(0.0, color="k", ls="--", lw=1.2, label=r"mean field: $\chi_1^{\,d} = 1$")
     ax.set_xscale("log")
     ax.set_xlabel("d (layers between h_(L−d) and h_L)")
-    ax.set_ylabel(r"$\log_{10}\sigma_i(\partial h_L/\partial h_{L-d})$ (band: $\sigma_{\min}$–$\sigma_{\max}$)")
+    lower = "smallest resolved σ" if resolved is not None else r"$\sigma_{\min}$"
+    ylabel = r"$\log_{10}\sigma_i(\partial h_L/\partial h_{L-d})$"
+    ax.set_ylabel(rf"{ylabel} (band: {lower}–$\sigma_{{\max}}$)", fontsize=9)
     ax.set_title(title or "Jacobian singular values vs depth", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")
@@ -338,7 +349,7 @@ def cnn_state_gradient_norms(
         ax.plot(layers, np.median(ys, 0), color=c, lw=1.6, label=label)
         if ys.shape[0] > 1:
             ax.fill_between(layers, ys.min(0), ys.max(0), color=c, alpha=0.2, lw=0)
-        ax.axhline(float(np.median(ys[:, -1])), color=c, ls="--", lw=1.0)
+        ax.axhline(float(np.median(ys[:, -1])), color=c, ls="--", lw=1.0, zorder=0)
     ax.plot([], [], color="gray", ls="--", label=r"mean field at $\chi_1 = 1$ (flat)")
     ax.set_xlabel("layer l")
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|$")
@@ -429,8 +440,15 @@ def cnn_fourier_mode_decay(
         for m, col in zip(ms, palette(len(ms))):
             ok = a[:, m] > 2 * e[:, m]
             ok[0] = True
-            ax.plot(layers[ok], a[ok, m], "o-", color=col, ms=3, lw=1.0,
-                    label=rf"m={m}: $\lambda_m\chi_c^*$ = {r[m]:.3f}")
+            ax.plot(
+                layers[ok],
+                a[ok, m],
+                "o-",
+                color=col,
+                ms=3,
+                lw=1.0,
+                label=rf"m={m}: $\lambda_m\chi_c^*$ = {r[m]:.3f}",
+            )
             if r[m] > 0:
                 ax.plot(layers, r[m] ** layers, color=col, ls="--", lw=1.0)
         ax.set_yscale("log")
@@ -440,8 +458,10 @@ def cnn_fourier_mode_decay(
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5, loc="lower left")
     axes[0].set_ylabel(r"mode amplitude $A^l_m / A^0_m$")
-    fig.suptitle(title or "Fourier modes of the covariance: measured (points) and theory (dashed)",
-                 fontsize=10)
+    fig.suptitle(
+        title or "Fourier modes of the covariance: measured (points) and theory (dashed)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -476,8 +496,8 @@ def token_collapse(
 
     Panel (a): mean pairwise token cosine (1 = all tokens parallel). Panel (b): the relative
     residual ‖X − 1x̄ᵀ‖₁,∞/‖X‖₁,∞ on a log scale (0 = rank one, every token equal); values below
-    ``floor`` (float32 resolution) are drawn at the floor. Median over seeds, min–max band; a
-    network and its residual-scaled (s = 1/√L) twin share a colour, the twin dash-dotted.
+    ``floor`` (the arithmetic's resolution) are drawn at the floor. Median over seeds, min–max
+    band; a network and its residual-scaled (s = 1/√L) twin share a colour, the twin dash-dotted.
 
     Args:
       cosine: label -> array ``(seeds, L + 1)`` (state after block l; l = 0 is the embedding).
@@ -497,7 +517,7 @@ def token_collapse(
         axes[1].plot(x, np.median(r, 0), color=c, ls=ls, lw=1.6, label=label)
         if r.shape[0] > 1:
             axes[1].fill_between(x, r.min(0), r.max(0), color=c, alpha=0.12, lw=0)
-    axes[1].axhline(np.log10(floor), color="0.5", ls=":", lw=1.0, label="float32 resolution")
+    axes[1].axhline(np.log10(floor), color="0.5", ls=":", lw=1.0, label=f"resolution ({floor:g})")
     axes[0].set_ylabel("mean pairwise token cosine")
     axes[0].set_title("(a) token cosine similarity", fontsize=10)
     axes[1].set_ylabel(r"$\log_{10}\ \|X - 1\bar{x}^\top\|_{1,\infty} / \|X\|_{1,\infty}$")
@@ -633,7 +653,7 @@ def sublayer_jacobian_spectra(
     kinds,
     log10_backward: Mapping[str, np.ndarray],
     *,
-    backward_norm: str = "F",
+    backward_ylabel: str = r"$\log_{10}\,\|\partial X_K/\partial X_k\|_F$",
     title: str = "",
 ) -> plt.Figure:
     """Per-step Jacobian singular values, attention vs MLP, and ‖∂X_K/∂X_k‖ vs k.
@@ -641,7 +661,7 @@ def sublayer_jacobian_spectra(
     Panel (a): for every chain step k, log10 of the largest and the median singular value of
     ∂X_{k+1}/∂X_k (median over seeds); circles for attention steps, squares for MLP steps,
     filled for σ_max, open for the median. Panel (b): log10 ‖∂X_K/∂X_k‖ (median, min–max band
-    over seeds) in the norm named by ``backward_norm`` ("F" Frobenius, "2" spectral).
+    over seeds), or whichever log-norm ``log10_backward`` holds, named by ``backward_ylabel``.
 
     Args:
       singular_values: label -> array ``(seeds, K, n)``, descending along the last axis.
@@ -672,7 +692,7 @@ def sublayer_jacobian_spectra(
     axes[0].set_title("(a) sub-layer Jacobian singular values", fontsize=10)
     axes[0].legend(fontsize=7, ncol=2)
     axes[1].set_xlabel("chain step k")
-    axes[1].set_ylabel(rf"$\log_{{10}}\,\|\partial X_K/\partial X_k\|_{{{backward_norm}}}$")
+    axes[1].set_ylabel(backward_ylabel)
     axes[1].set_title("(b) backward products to the last state", fontsize=10)
     axes[1].legend(fontsize=8)
     for ax in axes:

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "init_study": "gradflow.experiments.init_study",
     "mitigations": "gradflow.experiments.mitigations",
     "partial_jacobians": "gradflow.experiments.partial_jacobians",
+    "transformers": "gradflow.experiments.transformers",
 }
 
 

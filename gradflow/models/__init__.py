@@ -3,5 +3,6 @@
 from gradflow.models import wide
 from gradflow.models.mlp import MLP
 from gradflow.models.recurrent import GRU, LSTM, RNN
+from gradflow.models.transformer import Transformer
 
-__all__ = ["MLP", "RNN", "LSTM", "GRU", "wide"]
+__all__ = ["MLP", "RNN", "LSTM", "GRU", "Transformer", "wide"]
