@@ -1,8 +1,10 @@
 """Weight initialisers, Flax-compatible: each factory returns ``init(key, shape, dtype) -> array``.
 
 Kernels follow Flax's ``(fan_in, fan_out)`` layout, so ``fan_in = shape[-2]`` for matrices
-(``shape[0]`` for vectors). Stacked kernels (``(L, fan_in, fan_out)``) are initialised one layer at
-a time by the models, so every initialiser here sees a single layer's shape.
+(``shape[0]`` for vectors), and its ``(*window, c_in, c_out)`` layout for convolutions, whose fan-in
+is the product of all axes but the last (window size × c_in, as ``jax.nn.initializers``' variance
+scaling). Stacked kernels (``(L, fan_in, fan_out)``) are initialised one layer at a time by the
+models, so every initialiser here sees a single layer's shape.
 """
 
 from __future__ import annotations
@@ -38,9 +40,15 @@ Initializer = Callable[..., jax.Array]
 
 
 def _fan_in(shape) -> int:
+    """The number of inputs feeding one output unit: the product of all axes but the last.
+
+    ``(fan_in, fan_out)`` for a dense kernel; ``(*window, c_in, c_out)`` for a convolution kernel,
+    whose fan-in is window size × c_in (as ``flax.linen.Conv``'s default and Xiao et al. 2018,
+    whose weights have variance σ_w²/((2k+1)·c)); ``shape[0]`` for a vector.
+    """
     if len(shape) == 0:
         raise ValueError("initialiser shape must have at least one axis, got ()")
-    return int(shape[-2]) if len(shape) >= 2 else int(shape[0])
+    return math.prod(int(d) for d in shape[:-1]) if len(shape) >= 2 else int(shape[0])
 
 
 def _check_positive(name: str, value: float) -> float:
