@@ -10,7 +10,22 @@ matplotlib.use("Agg")  # figures are written to files; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["layer_grad_norms", "log_singular_value_density", "rnn_backprop_norms", "palette"]
+__all__ = [
+    "layer_grad_norms",
+    "log_singular_value_density",
+    "rnn_backprop_norms",
+    "palette",
+    "partial_jacobian_power_laws",
+    "partial_jacobian_phase_diagram",
+    "cnn_singular_value_spread",
+    "cnn_state_gradient_norms",
+    "cnn_q_c_layers",
+    "cnn_fourier_mode_decay",
+    "token_collapse",
+    "uniform_attention_growth",
+    "gradient_scale_slopes",
+    "sublayer_jacobian_spectra",
+]
 
 
 def palette(n: int):
@@ -123,8 +138,6 @@ def rnn_backprop_norms(
 # --------------------------------------------------------------------------------------------
 # Partial Jacobian norms (Doshi, He & Gromov 2023)
 # --------------------------------------------------------------------------------------------
-
-__all__ += ["partial_jacobian_power_laws", "partial_jacobian_phase_diagram"]
 
 
 def partial_jacobian_power_laws(
@@ -278,13 +291,6 @@ def partial_jacobian_phase_diagram(
 # Convolutional networks at depth (Xiao et al. 2018)
 # --------------------------------------------------------------------------------------------
 
-__all__ += [
-    "cnn_singular_value_spread",
-    "cnn_state_gradient_norms",
-    "cnn_q_c_layers",
-    "cnn_fourier_mode_decay",
-]
-
 
 def cnn_singular_value_spread(
     d: np.ndarray,
@@ -362,9 +368,9 @@ def cnn_state_gradient_norms(
 
 def cnn_q_c_layers(
     q: Mapping[str, np.ndarray],
-    c: Mapping[str, np.ndarray],
+    one_minus_c: Mapping[str, np.ndarray],
     q_theory: np.ndarray,
-    c_theory: np.ndarray,
+    one_minus_c_theory: np.ndarray,
     *,
     title: str = "",
 ) -> plt.Figure:
@@ -374,11 +380,12 @@ def cnn_q_c_layers(
     edge of chaos it closes polynomially, not exponentially).
 
     Args:
-      q, c: label -> array ``(seeds, L)`` for layers 1 … L.
-      q_theory, c_theory: arrays ``(L,)`` from :func:`gradflow.meanfield.c_layers`.
+      q, one_minus_c: label -> array ``(seeds, L)`` for layers 1 … L.
+      q_theory, one_minus_c_theory: arrays ``(L,)`` (e.g. from
+        :func:`gradflow.meanfield.c_layers`).
     """
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    q_theory, c_theory = np.asarray(q_theory), np.asarray(c_theory)
+    q_theory, gap_theory = np.asarray(q_theory), np.asarray(one_minus_c_theory)
     layers = np.arange(1, q_theory.shape[0] + 1)
     q0 = float(q_theory[0])
     for (label, ys), col in zip(q.items(), palette(len(q))):
@@ -391,12 +398,12 @@ def cnn_q_c_layers(
     axes[0].set_xlabel("layer l")
     axes[0].set_ylabel(r"$q^l / q^*$")
     axes[0].set_title("(a) length of the pre-activations", fontsize=10)
-    for (label, ys), col in zip(c.items(), palette(len(c))):
-        ys = 1.0 - np.asarray(ys)
+    for (label, ys), col in zip(one_minus_c.items(), palette(len(one_minus_c))):
+        ys = np.asarray(ys)
         axes[1].plot(layers, np.median(ys, 0), color=col, lw=1.2, label=label)
         if ys.shape[0] > 1:
             axes[1].fill_between(layers, ys.min(0), ys.max(0), color=col, alpha=0.2, lw=0)
-    axes[1].plot(layers, 1.0 - c_theory, color="k", ls="--", lw=1.2, label="mean field")
+    axes[1].plot(layers, gap_theory, color="k", ls="--", lw=1.2, label="mean field")
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
     axes[1].set_xlabel("layer l")
@@ -469,13 +476,6 @@ def cnn_fourier_mode_decay(
 # --------------------------------------------------------------------------------------------
 # Transformers at depth: rank collapse, uniform attention, Xiong slopes, sub-layer Jacobians
 # --------------------------------------------------------------------------------------------
-
-__all__ += [
-    "token_collapse",
-    "uniform_attention_growth",
-    "gradient_scale_slopes",
-    "sublayer_jacobian_spectra",
-]
 
 
 def _family_styles(labels):

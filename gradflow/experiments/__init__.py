@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "mitigations": "gradflow.experiments.mitigations",
     "partial_jacobians": "gradflow.experiments.partial_jacobians",
     "transformers": "gradflow.experiments.transformers",
+    "cnn": "gradflow.experiments.cnn",
 }
 
 
