@@ -13,8 +13,9 @@ __all__ = ["main"]
 def _cmd_list(args) -> int:
     from gradflow import experiments
 
+    width = max(len(name) for name in experiments.names()) + 1
     for name in experiments.names():
-        print(f"{name:14s} {experiments.get(name).DESCRIPTION}")
+        print(f"{name:{width}s} {experiments.get(name).DESCRIPTION}")
     return 0
 
 
