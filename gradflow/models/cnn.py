@@ -123,35 +123,6 @@ class ConvStep:
         return h + self.residual_scale * a if self.residual else a
 
 
-@dataclasses.dataclass(frozen=True)
-class _Stem:
-    """The input convolution as a Layer function ``(params, x, _) -> h_1`` (hashable)."""
-
-    step: ConvStep
-
-    def __call__(self, params, x, _=None):
-        return self.step(params, x)
-
-
-def _conv_params(kernel_init, bias_init, window, c_in, c_out, dtype, count=None):
-    """An init function ``key -> {"kernel", "bias"}``; stacked on a leading axis if ``count``.
-
-    Stacked layers are initialised one at a time under ``vmap`` so every initialiser sees the
-    single-layer kernel shape ``(*window, c_in, c_out)`` (and its fan-in window·c_in).
-    """
-
-    def one(key):
-        kk, kb = jax.random.split(key)
-        return {
-            "kernel": kernel_init(kk, (*window, c_in, c_out), dtype),
-            "bias": bias_init(kb, (c_out,), dtype),
-        }
-
-    if count is None:
-        return one
-    return lambda key: jax.vmap(one)(jax.random.split(key, count))
-
-
 class CNN(nn.Module):
     """Vanilla deep CNN: ``depth`` (convolution, activation) layers of ``channels``, then a readout.
 
@@ -286,7 +257,7 @@ class CNN(nn.Module):
         p = _common.unwrap(params)
         chain = self.chain(p, x)
         x = self._check_input(x)
-        stem = Layer(p["input"], None, _Stem(self._first), "input")
+        stem = Layer(p["input"], None, _common.Stem(self._first), "input")
         return Segmented(
             h0=chain.h0, segments=(chain.segment.replace(name="hidden"),), stem=stem, x=x
         )
@@ -364,9 +335,11 @@ class CNN(nn.Module):
         c, w = self.channels, self.window
         kinit, binit = self.kernel_init, self.bias_init
         p = {
-            "input": self.param("input", _conv_params(kinit, binit, w, x.shape[-1], c, dtype)),
+            "input": self.param(
+                "input", _common.kernel_params(kinit, binit, (*w, x.shape[-1], c), dtype)
+            ),
             "hidden": self.param(
-                "hidden", _conv_params(kinit, binit, w, c, c, dtype, self.depth - 1)
+                "hidden", _common.kernel_params(kinit, binit, (*w, c, c), dtype, self.depth - 1)
             ),
             "readout": self.param(
                 "readout", _common.dense_params(kinit, _init.zeros(), c, self.out_features, dtype)

@@ -6,8 +6,6 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
 from gradflow import _checks
 from gradflow import activations as _act
@@ -18,15 +16,6 @@ from gradflow.models import _common
 __all__ = ["MLP", "MLPStep", "NORMS"]
 
 NORMS = (None, "batch", "layer")
-_NORM_EPS = 1e-5  # as flax.linen.BatchNorm/LayerNorm
-
-
-def _normalize(z, norm: str):
-    """Zero-mean unit-variance over the feature axis ("layer") or the batch axis ("batch")."""
-    axis = -1 if norm == "layer" else 0
-    mean = jnp.mean(z, axis=axis, keepdims=True)
-    var = jnp.var(z, axis=axis, keepdims=True)
-    return (z - mean) * jax.lax.rsqrt(var + _NORM_EPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +35,10 @@ class MLPStep:
     def __call__(self, theta, h, x=None):
         z = _common.readout(theta, h)
         if self.norm is not None:
-            z = _normalize(z, self.norm) * _common.bcast(theta["scale"], z)
-            z = z + _common.bcast(theta["offset"], z)
+            # over the feature axis ("layer") or the batch axis ("batch")
+            z = _common.normalize(z, -1 if self.norm == "layer" else 0, theta)
         a = self.activation.fn(z)
         return h + self.residual_scale * a if self.residual else a
-
-
-@dataclasses.dataclass(frozen=True)
-class _Stem:
-    """The input layer as a Layer function ``(params, x, _) -> h_1`` (hashable, so jit caches)."""
-
-    step: MLPStep
-
-    def __call__(self, params, x, _=None):
-        return self.step(params, x)
 
 
 class MLP(nn.Module):
@@ -157,7 +136,7 @@ class MLP(nn.Module):
         chain = self.chain(params, x)
         x = self._check_input(p, x)
         first = dataclasses.replace(self.step, residual=False)
-        stem = Layer(p["input"], None, _Stem(first), "input")
+        stem = Layer(p["input"], None, _common.Stem(first), "input")
         hidden = chain.segment.replace(name="hidden")
         return Segmented(h0=chain.h0, segments=(hidden,), stem=stem, x=x)
 

@@ -78,16 +78,12 @@ __all__ = [
 
 NORMS = (None, "pre", "post")
 POSITIONAL = (None, "sinusoidal", "learned")
-_NORM_EPS = 1e-5  # as flax.linen.LayerNorm
 _ATTN, _MLP = 0, 1  # the per-step flag in the chain's xs
 
 
 def layer_norm(h, p):
     """LayerNorm over the feature (last) axis, then ``scale`` and ``offset`` ``(dim,)``."""
-    mean = jnp.mean(h, axis=-1, keepdims=True)
-    var = jnp.var(h, axis=-1, keepdims=True)
-    z = (h - mean) * jax.lax.rsqrt(var + _NORM_EPS)
-    return z * _common.bcast(p["scale"], z) + _common.bcast(p["offset"], z)
+    return _common.normalize(h, -1, p)
 
 
 def _lead(v, ndim: int):
