@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.chain import Chain, Scan, as_segmented, forward, trajectory
+from gradflow.chain import as_segmented, trajectory
 
 __all__ = [
     "RankCollapse",
@@ -42,7 +42,6 @@ __all__ = [
     "rank_collapse",
     "token_cosine",
     "uniform_attention_growth",
-    "chain_states",
     "chain_token_stats",
     "NORMS",
 ]
@@ -211,27 +210,6 @@ class TokenStats(NamedTuple):
     token_cosine: jax.Array
 
 
-def chain_states(chain) -> jax.Array:
-    """Every state h_0 … h_K of a chain whose states are arrays of one shape, ``(K + 1, …)``.
-
-    Raises:
-      TypeError: if ``chain`` is not a chain or its state is not a single array.
-      ValueError: if the states differ in shape (a shape-changing Layer).
-    """
-    sc = as_segmented(chain)
-    if not hasattr(sc.h0, "shape"):
-        raise TypeError(f"chain state must be one array, got {type(sc.h0).__name__}")
-    if isinstance(chain, Chain):
-        return trajectory(chain)
-    inputs, last = forward(sc)
-    parts = [h if isinstance(seg, Scan) else h[None] for seg, h in zip(sc.segments, inputs)]
-    parts.append(last[None])
-    shapes = {p.shape[1:] for p in parts}
-    if len(shapes) != 1:
-        raise ValueError(f"chain states must all have one shape, got {sorted(shapes)}")
-    return jnp.concatenate(parts)
-
-
 def chain_token_stats(chain, *, norm: str = "composite") -> TokenStats:
     """:func:`rank_collapse` and :func:`token_cosine` of every state of a chain.
 
@@ -249,7 +227,10 @@ def chain_token_stats(chain, *, norm: str = "composite") -> TokenStats:
       ValueError: for an unknown ``norm`` or states that are not token matrices.
     """
     _check_norm(norm)
-    hs = chain_states(chain)
+    h0 = as_segmented(chain).h0
+    if not hasattr(h0, "shape"):
+        raise TypeError(f"chain state must be one array, got {type(h0).__name__}")
+    hs = trajectory(chain)
     if hs.ndim < 3:
         raise ValueError(f"chain state must be a token matrix (…, T, d), got {hs.shape[1:]}")
     rc = rank_collapse(hs, norm=norm)

@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import linprog
 
 from gradflow import attention
-from gradflow.chain import Chain, Layer, Scan, Segmented
+from gradflow.chain import Chain, Layer, Scan, Segmented, trajectory
 
 
 def _composite_bruteforce(x):
@@ -133,7 +133,7 @@ def test_chain_token_stats_over_every_state(x64):
     h = np.asarray(h0)
     c, m = h - h.mean(0), h.mean(0)
     want = np.stack([c + 1.5**k * m for k in range(6)])
-    np.testing.assert_allclose(attention.chain_states(chain), want, rtol=1e-13)
+    np.testing.assert_allclose(trajectory(chain), want, rtol=1e-13)
     np.testing.assert_allclose(stats.residual, attention.composite_norm(c) * np.ones(6), rtol=1e-12)
     np.testing.assert_allclose(stats.token_cosine, attention.token_cosine(want), rtol=1e-13)
     assert np.all(np.diff(stats.relative_residual) < 0)
@@ -146,7 +146,7 @@ def test_chain_token_stats_over_every_state(x64):
             Scan(None, None, chain.step, 1, shared=True),
         ),
     )
-    np.testing.assert_allclose(attention.chain_states(seg), want, rtol=1e-13)
+    np.testing.assert_allclose(trajectory(seg), want, rtol=1e-13)
     # jit: the statistics are traceable
     jitted = jax.jit(lambda h: attention.chain_token_stats(chain.replace(h0=h)).token_cosine)(h0)
     np.testing.assert_allclose(jitted, stats.token_cosine, rtol=1e-13)
@@ -171,5 +171,5 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="token matrix"):
         attention.chain_token_stats(vector)
     grow = Layer(None, None, lambda _, h, __: jnp.ones((5, 3)), "grow")
-    with pytest.raises(ValueError, match="one shape"):
-        attention.chain_states(Segmented(h0=jnp.ones((4, 3)), segments=(grow,)))
+    with pytest.raises(ValueError, match="states of one shape"):
+        trajectory(Segmented(h0=jnp.ones((4, 3)), segments=(grow,)))

@@ -373,26 +373,42 @@ def forward(chain):
     return tuple(inputs), h
 
 
-def trajectory(chain: Chain):
-    """All states h_0 … h_K along a :class:`Chain`, by one ``lax.scan``.
+def trajectory(chain):
+    """All states h_0 … h_K along a chain whose states share one structure and shape.
 
-    (A :class:`Segmented` chain's states may differ in shape: use :func:`forward`.)
+    A :class:`Chain` runs as one ``lax.scan``; a :class:`Segmented` chain (its states must not
+    change shape; otherwise use :func:`forward`) stacks each segment's states.
 
     Returns:
       A pytree like ``h0`` whose leaves have a leading axis of length K + 1.
+
+    Raises:
+      TypeError: if ``chain`` is not a chain.
+      ValueError: if a Segmented chain's states differ in structure or shape.
     """
-    if not isinstance(chain, Chain):
-        raise TypeError(
-            f"trajectory needs a gradflow.chain.Chain, got {type(chain).__name__}; "
-            "for a Segmented chain use gradflow.chain.forward"
-        )
+    if isinstance(chain, Chain):
 
-    def body(h, s):
-        h_next = chain.step_at(h, s)
-        return h_next, h_next
+        def body(h, s):
+            h_next = chain.step_at(h, s)
+            return h_next, h_next
 
-    _, hs = jax.lax.scan(body, chain.h0, chain.per_step(), length=chain.length)
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), chain.h0, hs)
+        _, hs = jax.lax.scan(body, chain.h0, chain.per_step(), length=chain.length)
+        return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), chain.h0, hs)
+    sc = as_segmented(chain)
+    inputs, last = forward(sc)
+    parts = [
+        h if isinstance(seg, Scan) else jax.tree_util.tree_map(lambda a: a[None], h)
+        for seg, h in zip(sc.segments, inputs)
+    ]
+    parts.append(jax.tree_util.tree_map(lambda a: a[None], last))
+    for part in parts[1:]:
+        if not same_shapes(jax.tree_util.tree_map(lambda a: a[0], part), sc.h0):
+            raise ValueError(
+                "trajectory needs chain states of one shape, got "
+                f"{_describe(sc.h0)} and {_describe(jax.tree_util.tree_map(lambda a: a[0], part))}"
+                "; for a chain whose shape changes use gradflow.chain.forward"
+            )
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def final_state(chain):
