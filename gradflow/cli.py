@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_figures(args) -> int:
-    from gradflow import experiments
+    from gradflow import experiments, progress
 
     names = args.only or list(experiments.names())
     for name in names:  # validate all names before running anything
@@ -28,12 +29,16 @@ def _cmd_figures(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
-    for name in names:
-        t0 = time.perf_counter()
-        result = experiments.get(name).run(out, full=args.full)
-        dt = time.perf_counter() - t0
-        summary[name] = {"seconds": round(dt, 2), **(result or {})}
-        print(f"[gradflow] {name}: {dt:.1f} s -> {out / name}", flush=True)
+    # Experiments report their stages with gradflow.progress.stage(...): a live line on a
+    # terminal, one plain line per stage on stderr otherwise, nothing with --quiet.
+    with progress.display(len(names), quiet=args.quiet) as display:
+        for name in names:
+            t0 = time.perf_counter()
+            with display.experiment(name):
+                result = experiments.get(name).run(out, full=args.full)
+            dt = time.perf_counter() - t0
+            summary[name] = {"seconds": round(dt, 2), **(result or {})}
+            print(f"[gradflow] {name}: {dt:.1f} s -> {out / name}", flush=True)
     from gradflow.experiments._io import save_json
 
     save_json(summary, out / "summary.json")
@@ -78,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
     p.add_argument("--full", action="store_true", help="paper-sized runs instead of CPU-sized")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress display on stderr (results still print)"
+    )
     p.set_defaults(func=_cmd_figures)
     p = sub.add_parser(
         "sweep", help="run (or resume) the sweep described by a TOML file, chunk by chunk"
@@ -93,10 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Runs the command; bad input (ValueError, TypeError, OSError such as an unwritable
+    ``--out``) is one ``gradflow: error: …`` line on stderr and exit status 2. Set
+    ``GRADFLOW_TRACEBACK=1`` to get the traceback instead."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:  # bad names/arguments: one line, no traceback
+    except (ValueError, TypeError, OSError) as exc:  # bad names/arguments/paths: one line
+        if os.environ.get("GRADFLOW_TRACEBACK"):
+            raise
         print(f"gradflow: error: {exc}", file=sys.stderr)
         return 2
 

@@ -200,6 +200,25 @@ class LabelledArray:
             np.asarray(func(self.values, axis=ax)), self.dims[:ax] + self.dims[ax + 1 :], coords
         )
 
+    def to_xarray(self, name: str | None = None):
+        """This array as an ``xarray.DataArray``: the same values (not copied), dims and coords.
+
+        Needs the optional extra: ``pip install 'gradflow[xarray]'``.
+
+        Args:
+          name: the DataArray's name (None: unnamed).
+
+        Returns:
+          ``xarray.DataArray`` of shape :attr:`shape`, dims :attr:`dims`, with a coordinate for
+          each labelled dim.
+
+        Raises:
+          ImportError: if xarray is not installed.
+        """
+        xr = _import_xarray()
+        coords = {d: (d, np.asarray(c)) for d, c in self.coords.items() if d in self.dims}
+        return xr.DataArray(self.values, dims=self.dims, coords=coords, name=name)
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
@@ -292,6 +311,84 @@ class SweepResult:
         dims = tuple(axes) + self._trailing_dims(name, ndim - nb)
         coords = {a: np.asarray(axes[a]) for a in axes}
         return LabelledArray(np.transpose(stacked, order), dims, coords)
+
+    def to_xarray(self):
+        """The whole sweep as an ``xarray.Dataset``: one variable per output, over every axis.
+
+        Each variable is ``self[name]``: dims in the sweep's axis order (static and batched
+        axes alike, each a coordinate holding the axis values), then the output's own dims.
+        Outputs whose shape changes with a static axis are NaN-padded at the end, as
+        :meth:`__getitem__` does. Output dims named by the measurement (``output_dims``, e.g.
+        ``layer``) are shared between the variables that name them, and a variable shorter
+        along one is NaN-padded at the end too (``layer_grad_norms`` has depth + 1 entries,
+        ``state_grad_norms`` depth); unnamed ones become ``<name>_dim_0`` … so that unrelated
+        outputs do not have to agree in length. Padding makes integer and bool outputs float64.
+
+        The attribute ``gradflow_config`` holds :attr:`config` as JSON, and
+        ``gradflow_complete`` (1 or 0) whether the sweep had finished, when a manifest is known.
+        The npz store stays the resumable source of truth; this is an export.
+
+        Needs the optional extra: ``pip install 'gradflow[xarray]'``.
+
+        Returns:
+          ``xarray.Dataset``.
+
+        Raises:
+          ImportError: if xarray is not installed.
+          ValueError: if an output is named like an axis, or an output dim repeats an axis.
+        """
+        xr = _import_xarray()
+        given = self.config["measure"].get("output_dims", {})
+        axes = self.axes
+        variables, sizes = {}, {}
+        for name in self.names:
+            values = self[name].values
+            n_out = values.ndim - len(axes)
+            named = tuple(given.get(name, ()))[:n_out]
+            dims = tuple(axes) + named + tuple(f"{name}_dim_{i}" for i in range(len(named), n_out))
+            if name in axes or len(set(dims)) != len(dims):
+                raise ValueError(
+                    f"output {name!r} with dims {dims} clashes with the sweep axes {tuple(axes)}"
+                )
+            variables[name] = (dims, values)
+            for d, n in zip(dims, values.shape):
+                sizes[d] = max(sizes.get(d, 0), n)
+        data = {}
+        for name, (dims, values) in variables.items():
+            target = tuple(sizes[d] for d in dims)
+            data[name] = (dims, values if values.shape == target else _nan_pad(values, target))
+        attrs = {"gradflow_config": json.dumps(self.config, sort_keys=True)}
+        if self.manifest is not None:
+            attrs["gradflow_complete"] = int(bool(self.manifest.get("complete", False)))
+        coords = {a: (a, np.asarray(v)) for a, v in axes.items()}
+        return xr.Dataset(data, coords=coords, attrs=attrs)
+
+    def to_netcdf(self, path) -> Path:
+        """Writes :meth:`to_xarray` to a netCDF file (netCDF3, through SciPy), atomically.
+
+        netCDF3 has no 64-bit or unsigned integers, so an integer variable or coordinate of
+        another type than int8/int16/int32 (``seed``, ``depth`` … are int64 in memory) is
+        written as int32 when every value fits, else as float64 when every value is exact there
+        (|v| ≤ 2**53), else refused; such a variable carries the attribute
+        ``gradflow_dtype`` (e.g. ``"int64"``) naming the type it had. Read back with
+        ``xarray.open_dataset(path)``: floats come back bitwise equal, bools as bools, strings
+        as Python ``str`` (object arrays), those integers as int32 / float64.
+
+        Args:
+          path: the file to write (its directory is created).
+
+        Returns:
+          the path written, as a :class:`~pathlib.Path`.
+
+        Raises:
+          ImportError: if xarray is not installed.
+          ValueError: as :meth:`to_xarray`, or an integer beyond ±2**53.
+        """
+        ds = _netcdf3_integers(self.to_xarray())
+        path = Path(path)
+        data = bytes(ds.to_netcdf(engine="scipy"))  # in memory first: the file is all or nothing
+        _atomic_write(path, lambda f: f.write(data))
+        return path
 
 
 def _nan_pad(a: np.ndarray, shape) -> np.ndarray:
@@ -1586,3 +1683,45 @@ def load(out_dir) -> SweepResult:
             arrays[k] = full.reshape(batched_shape + trailing)
         out_blocks.append(arrays)
     return SweepResult(config, tuple(out_blocks), manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interoperability (xarray, netCDF)
+
+
+def _import_xarray():
+    try:
+        import xarray
+    except ImportError as exc:  # pragma: no cover - the extra is installed in CI
+        raise ImportError(
+            "to_xarray/to_netcdf need xarray: pip install 'gradflow[xarray]'"
+        ) from exc
+    return xarray
+
+
+_NETCDF3_INTS = (np.int8, np.int16, np.int32)
+
+
+def _netcdf3_integers(ds):
+    """Casts the integers netCDF3 cannot hold (int64, unsigned) to int32 or, if needed, float64."""
+    for name in list(ds.variables):
+        values = ds[name].values
+        if not np.issubdtype(values.dtype, np.integer) or values.dtype in _NETCDF3_INTS:
+            continue
+        info = np.iinfo(np.int32)
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if info.min <= lo and hi <= info.max:
+            cast = values.astype(np.int32)
+        elif max(-lo, hi) <= 2**53:  # every integer up to 2**53 is exact in float64
+            cast = values.astype(np.float64)
+        else:
+            raise ValueError(
+                f"{name!r} holds integers beyond ±2**53 ({lo} … {hi}), which netCDF3 (int32, "
+                "float64) cannot store exactly"
+            )
+        var = (ds[name].dims, cast, {**ds[name].attrs, "gradflow_dtype": str(values.dtype)})
+        if name in ds.coords:
+            ds = ds.assign_coords({name: var})
+        else:
+            ds = ds.assign({name: var})
+    return ds

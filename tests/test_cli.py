@@ -80,3 +80,113 @@ def test_figures_vanishing_end_to_end(tmp_path):
             summary["rnn"][regime][w]["bound_violated"] for w in ("below", "at", "above")
         )
     assert json.loads((tmp_path / "summary.json").read_text())["vanishing"]["seconds"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress display and one-line errors
+
+
+def _fake_experiment(monkeypatch, name="fake", body=None):
+    """Registers a module-less experiment that reports two stages and writes one file."""
+    import sys
+    import types
+
+    from gradflow import progress
+
+    def run(out_dir, *, full=False):
+        progress.stage("training 2 seeds")
+        progress.stage("[plotting] figures")  # brackets: no rich markup
+        if body is not None:
+            body()
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        (out_dir / name / "done.json").write_text("{}")
+        return {"full": full}
+
+    module = types.ModuleType(f"_gradflow_test_{name}")
+    module.NAME, module.DESCRIPTION, module.run = name, "a test double", run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(experiments.REGISTRY, name, module.__name__)
+
+
+def test_figures_progress_plain_lines_and_quiet(tmp_path, monkeypatch, capsys):
+    _fake_experiment(monkeypatch, "fake_a")
+    _fake_experiment(monkeypatch, "fake_b")
+    args = ["figures", "--out", str(tmp_path), "--only", "fake_a", "fake_b"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    # stderr is not a terminal under pytest: one flushed plain line per experiment and stage.
+    lines = captured.err.splitlines()
+    assert len(lines) == 6, lines
+    assert lines[0] == "[gradflow] 1/2 fake_a: started"
+    assert lines[1].startswith("[gradflow] 1/2 fake_a: training 2 seeds (at ")
+    assert lines[2].startswith("[gradflow] 1/2 fake_a: [plotting] figures (at ")
+    assert lines[3] == "[gradflow] 2/2 fake_b: started"
+    # The final per-experiment lines stay on stdout, as before.
+    out = captured.out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["[gradflow] fake_a", "[gradflow] fake_b"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["fake_b"]["full"] is False and summary["fake_a"]["seconds"] >= 0
+
+    assert cli.main([*args, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and len(captured.out.splitlines()) == 2
+
+
+def test_progress_live_line_stage_and_threads():
+    import io
+    import threading
+
+    from gradflow import progress
+
+    progress.stage("nobody is listening")  # no display: a no-op
+    assert not progress.active()
+    buf = io.StringIO()
+    with progress.display(2, stream=buf, live=True) as d:
+        assert progress.active()
+        with d.experiment("meanfield"):
+            # A stage reported from a worker thread reaches the display too.
+            t = threading.Thread(target=progress.stage, args=("[q-map] fixed points",))
+            t.start()
+            t.join()
+            assert d.text == "[q-map] fixed points"
+            assert d.line().startswith("[1/2] meanfield · [q-map] fixed points (0:00) · 0:0")
+        with d.experiment("cnn"):
+            assert d.index == 2 and d.text == ""
+            with pytest.raises(ValueError, match="more experiments than total=2"):
+                with d.experiment("third"):
+                    pass
+    assert not progress.active()
+    text = buf.getvalue()
+    assert "meanfield" in text and "[q-map] fixed points" in text and "[2/2] cnn" in text
+    with pytest.raises(TypeError, match="text must be a str"):
+        progress.stage(3)
+    with pytest.raises(ValueError, match="total must be an integer >= 1"):
+        progress.Display(0)
+    # Nested displays: stage reports to the innermost, quiet writes nothing.
+    outer, inner = io.StringIO(), io.StringIO()
+    with progress.display(1, stream=outer, live=False) as d1, d1.experiment("outer"):
+        with progress.display(1, stream=inner, quiet=True) as d2, d2.experiment("inner"):
+            progress.stage("inner stage")
+            assert d2.text == "inner stage" and d1.text == ""
+        progress.stage("outer stage")
+    assert inner.getvalue() == "" and "outer: outer stage" in outer.getvalue()
+
+
+def test_bad_paths_and_types_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    # OSError: --out is an existing file.
+    assert cli.main(["figures", "--out", str(not_a_dir / "x"), "--only", "vanishing"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradflow: error: ") and "Not a directory" in err
+    assert len(err.splitlines()) == 1
+    # TypeError: an axis value of the wrong type in a sweep file.
+    config = tmp_path / "bad.toml"
+    config.write_text('[measure]\nname = "lyapunov"\n[axes]\ndepth = [3]\nseed = [[1]]\n')
+    assert cli.main(["sweep", str(config), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradflow: error: axis 'seed' values must be numbers")
+    assert len(err.splitlines()) == 1
+    monkeypatch.setenv("GRADFLOW_TRACEBACK", "1")  # the escape hatch for debugging
+    with pytest.raises(TypeError, match="axis 'seed'"):
+        cli.main(["sweep", str(config), "--out", str(tmp_path / "o")])

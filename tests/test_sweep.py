@@ -422,3 +422,102 @@ def test_on_mismatch_replace(tmp_path):
     assert len(list((tmp_path / "chunks").glob("*.npz"))) == 6
     with pytest.raises(ValueError, match="on_mismatch"):
         sw.run(toy_sweep(), tmp_path, on_mismatch="ignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# Interop: xarray and netCDF
+
+
+def test_netcdf_round_trip_equals_the_store(tmp_path, x64):
+    xr = pytest.importorskip("xarray")
+    # The padding sweep above plus a static string axis (a non-ASCII value): norms of depth 2
+    # are NaN-padded to depth 5; "norms" names its dim, "h" does not.
+    measure = sw.Measurement(toy, "toy", output_dims={"norms": ("layer",)})
+    axes = {"depth": [2, 5], "act": ["tanh", "σ"], "seed": [0, 1], "sigma_w": [0.5, 1.5, 2.5]}
+    axes["sigma_b"] = [0.0, 0.1]
+    sw.run(sw.Sweep.create(axes, measure, dtype="float64"), tmp_path, batch_size=4, quiet=True)
+    res = sw.load(tmp_path)
+    ds = res.to_xarray()
+    assert ds["norms"].dims == (*axes, "layer") and ds["h"].dims == (*axes, "h_dim_0")
+    assert ds["total"].dims == tuple(axes) and ds.sizes["layer"] == 5
+    assert json.loads(ds.attrs["gradflow_config"]) == res.config
+    assert ds.attrs["gradflow_complete"] == 1
+
+    path = res.to_netcdf(tmp_path / "export" / "sweep.nc")
+    with xr.open_dataset(path, engine="scipy") as back:
+        back = back.load()
+    with np.load(tmp_path / "results.npz") as store:
+        stored = {k: store[k] for k in store.files}
+    assert sorted(back.data_vars) == sorted(res.names)
+    for name in res.names:
+        want = stored[name]
+        got = back[name].values
+        assert got.dtype == want.dtype == np.float64, name
+        # Bitwise: the same bytes, NaN padding included.
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64), err_msg=name)
+        np.testing.assert_array_equal(got, res[name].values, err_msg=name)
+        assert back[name].dims == ds[name].dims
+    assert np.isnan(back["norms"].sel(depth=2).values[..., 2:]).all()
+    for a, values in axes.items():
+        np.testing.assert_array_equal(stored[f"__coords__/{a}"], values)
+        assert back[a].values.tolist() == values, a  # int64 -> int32 on disk, same values
+    assert back["depth"].dtype == np.int32 and back["depth"].attrs["gradflow_dtype"] == "int64"
+    assert back["sigma_w"].dtype == np.float64 and "gradflow_dtype" not in back["sigma_w"].attrs
+    xr.testing.assert_equal(
+        back.drop_vars(["depth", "seed", "act"]), ds.drop_vars(["depth", "seed", "act"])
+    )
+
+    # One LabelledArray, selected: the same DataArray xarray itself would select.
+    la = res["norms"].sel(act="σ", sigma_b=[0.1])
+    da = la.to_xarray("norms")
+    assert da.dims == la.dims and da.name == "norms" and "act" not in da.coords
+    xr.testing.assert_identical(da, ds["norms"].sel(act="σ", sigma_b=[0.1]).drop_vars("act"))
+
+
+def test_to_xarray_pads_shared_dims_and_casts_for_netcdf3(tmp_path):
+    xr = pytest.importorskip("xarray")
+    config = {
+        "axes": {"flag": [True, False], "big": [1, 2**40]},
+        "static": ["flag"],
+        "measure": {"name": "hand", "output_dims": {"a": ["layer"], "b": ["layer"]}},
+    }
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.asarray([[1, 2], [3, 4]], np.int64)
+    res = sw.SweepResult(config, ({"a": a, "b": b, "c": b}, {"a": a + 6, "b": b + 4, "c": b}))
+    ds = res.to_xarray()
+    assert ds.sizes["layer"] == 3 and ds["c"].dims == ("flag", "big", "c_dim_0")
+    assert ds["a"].dtype == np.float32 and ds["c"].dtype == np.int64  # nothing to pad
+    # b has 2 layers where a has 3: NaN at the end, as float64.
+    np.testing.assert_array_equal(ds["b"].values[0, :, :2], b)
+    assert ds["b"].dtype == np.float64 and np.isnan(ds["b"].values[..., 2]).all()
+    assert "gradflow_complete" not in ds.attrs  # no manifest: run in memory
+
+    with xr.open_dataset(res.to_netcdf(tmp_path / "hand.nc"), engine="scipy") as back:
+        back = back.load()
+    assert back["flag"].dtype == np.bool_ and back["flag"].values.tolist() == [True, False]
+    # 2**40 does not fit int32: float64, exact below 2**53, and the attribute says so.
+    assert back["big"].dtype == np.float64 and back["big"].values.tolist() == [1, 2**40]
+    assert back["big"].attrs["gradflow_dtype"] == "int64"
+    assert back["c"].dtype == np.int32 and back["c"].attrs["gradflow_dtype"] == "int64"
+    np.testing.assert_array_equal(back["c"].values, ds["c"].values)
+    np.testing.assert_array_equal(back["a"].values, ds["a"].values)
+    assert back["a"].dtype == np.float32
+
+    huge = sw.SweepResult(
+        {**config, "axes": {"flag": [True, False], "big": [1, 2**60]}}, res.blocks
+    )
+    with pytest.raises(ValueError, match=r"'big' holds integers beyond ±2\*\*53"):
+        huge.to_netcdf(tmp_path / "huge.nc")
+    assert not (tmp_path / "huge.nc").exists()
+    clash = sw.SweepResult(
+        {**config, "measure": {"name": "hand", "output_dims": {"a": ["big"]}}}, res.blocks
+    )
+    with pytest.raises(ValueError, match="output 'a' with dims .* clashes with the sweep axes"):
+        clash.to_xarray()
+
+
+def test_to_xarray_without_xarray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "xarray", None)  # import xarray now raises ImportError
+    la = sw.LabelledArray(np.zeros(2), ("x",), {"x": np.arange(2)})
+    with pytest.raises(ImportError, match=r"gradflow\[xarray\]"):
+        la.to_xarray()
