@@ -13,15 +13,16 @@ from gradflow import (
     matfree,
     meanfield,
     models,
+    monitor,
     spectra,
     sweep,
     tasks,
     theory,
     train,
+    writers,
 )
+from gradflow._version import __version__ as __version__
 from gradflow.chain import Chain
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Chain",
@@ -37,9 +38,11 @@ __all__ = [
     "matfree",
     "meanfield",
     "models",
+    "monitor",
     "spectra",
     "sweep",
     "tasks",
     "theory",
     "train",
+    "writers",
 ]

@@ -157,7 +157,9 @@ def doya_map(x, w, b, *, dt: float = 1.0):
     """One step x ↦ x + dt (−x + w σ(x) + b); ``dt = 1`` is the discrete network w σ(x) + b.
 
     Args:
-      x, w, b: arrays broadcasting together (any shape).
+      x: the state, an array broadcasting with ``w`` and ``b`` (any shape).
+      w: self-weight, broadcasting with ``x`` and ``b``.
+      b: bias, broadcasting with ``x`` and ``w``.
       dt: Euler step of the continuous form, in units of τ; in (0, 1].
 
     Returns:
@@ -252,7 +254,8 @@ def doya_fixed_points(w, b, *, continuous: bool = False) -> DoyaFixedPoints:
     doubling); continuous form τ ẋ = −x + w σ(x) + b, w σ'(x*) < 1.
 
     Args:
-      w, b: self-weight and bias, arrays broadcasting together.
+      w: self-weight, an array broadcasting with ``b``.
+      b: bias, an array broadcasting with ``w``.
       continuous: use the continuous-time stability criterion.
 
     Returns:
@@ -281,7 +284,9 @@ def doya_trajectory(w, b, x0, steps: int, *, dt: float = 1.0) -> DoyaTrajectory:
     and ∂x_T/∂b explodes; on a stable branch ∂x_T/∂x_0 ~ |w σ'(x*)|^T vanishes.
 
     Args:
-      w, b, x0: scalars (use ``jax.vmap`` for batches).
+      w: self-weight, a scalar (use ``jax.vmap`` for batches).
+      b: bias, a scalar.
+      x0: initial state, a scalar.
       steps: T ≥ 1 (static).
       dt: see :func:`doya_map`.
 
@@ -384,7 +389,8 @@ def cliff_loss(w, b, *, x0=0.5, steps: int = 20, target=1.0, dt: float = 1.0):
     T = 50 it is ~10⁻⁵ wide in b.
 
     Args:
-      w, b: scalars (differentiable; ``vmap`` for grids).
+      w: self-weight, a scalar (differentiable; ``vmap`` for grids).
+      b: bias, a scalar (differentiable).
       x0: initial state.
       steps: T (static).
       target: the target value for x_T.
@@ -406,7 +412,11 @@ def cliff_landscape(b_values, *, w=5.0, x0=0.5, steps: int = 20, target=1.0, dt:
 
     Args:
       b_values: array ``(M,)``.
-      w, x0, steps, target, dt: as in :func:`cliff_loss`.
+      w: as in :func:`cliff_loss`.
+      x0: as in :func:`cliff_loss`.
+      steps: as in :func:`cliff_loss`.
+      target: as in :func:`cliff_loss`.
+      dt: as in :func:`cliff_loss`.
 
     Returns:
       :class:`CliffLandscape` with arrays ``(M,)``.

@@ -862,7 +862,8 @@ def q_layers(activation, sigma_w2, sigma_b2, q0, depth: int) -> jax.Array:
 
     Args:
       activation: registry name or callable.
-      sigma_w2, sigma_b2: scalars (or arrays broadcast with ``q0``).
+      sigma_w2: σ_w², a scalar (or an array broadcast with ``q0``).
+      sigma_b2: σ_b², a scalar (or an array broadcast with ``q0``).
       q0: initial length(s).
       depth: number of layers >= 0.
 

@@ -1,20 +1,34 @@
-"""Matplotlib figure functions: each takes measured arrays and returns a Figure (no I/O)."""
+"""Matplotlib figure functions: each takes measured arrays and returns a Figure (no I/O).
+
+Figures are built on :class:`matplotlib.figure.Figure`, not on pyplot: importing this module
+changes no global matplotlib state (a user's backend stays theirs), a figure needs no
+``plt.close``, and ``Figure.savefig`` renders through matplotlib's Agg/PDF canvases directly.
+
+Every plotting function takes ``ax=`` (one panel) or ``axes=`` (several panels: a sequence of the
+documented length, row-major) to draw into a caller's figure, and returns the Figure it drew
+into. When the function creates the figure it also sets the figure title (``suptitle``) and a
+tight layout; with the caller's axes both are left to the caller, since they act on the whole
+figure. :func:`new_axes` and :func:`new_axes_grid` are the helpers behind this, public so that
+the experiments' own figure functions (``gradflow.experiments.*.figure_*``) follow the same rule.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
 
 __all__ = [
+    "new_axes",
+    "new_axes_grid",
+    "palette",
     "layer_grad_norms",
     "log_singular_value_density",
     "rnn_backprop_norms",
-    "palette",
     "partial_jacobian_power_laws",
     "partial_jacobian_phase_diagram",
     "cnn_singular_value_spread",
@@ -28,9 +42,87 @@ __all__ = [
 ]
 
 
-def palette(n: int):
-    """n distinguishable colours (tab10)."""
-    return [plt.get_cmap("tab10")(i % 10) for i in range(n)]
+def palette(n: int) -> list[tuple[float, float, float, float]]:
+    """n distinguishable RGBA colours (tab10, repeating after 10)."""
+    cmap = matplotlib.colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def new_axes(ax: Axes | None = None, *, figsize: tuple[float, float] = (7.5, 4.5)):
+    """The figure and axes to draw one panel into.
+
+    Args:
+      ax: a caller's axes, or None for a new :class:`~matplotlib.figure.Figure` of ``figsize``
+        (inches) with one subplot.
+      figsize: size of the new figure; ignored when ``ax`` is given.
+
+    Returns:
+      ``(fig, ax)``; ``fig`` is ``ax.figure`` when ``ax`` is given.
+
+    Raises:
+      TypeError: if ``ax`` is neither None nor a matplotlib Axes.
+    """
+    if ax is None:
+        fig = Figure(figsize=figsize)
+        return fig, fig.add_subplot()
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
+    return ax.figure, ax
+
+
+def new_axes_grid(
+    axes=None,
+    *,
+    nrows: int = 1,
+    ncols: int = 1,
+    figsize: tuple[float, float],
+    **subplots_kw,
+):
+    """The figure and ``nrows × ncols`` axes to draw a multi-panel figure into.
+
+    Args:
+      axes: a caller's axes — a sequence (or array) of ``nrows · ncols`` matplotlib Axes of one
+        figure, in row-major order (a bare Axes when one panel is drawn) — or None for a new
+        :class:`~matplotlib.figure.Figure` of ``figsize`` (inches) with that grid of subplots.
+      nrows, ncols: the panel grid.
+      figsize: size of the new figure; ignored when ``axes`` is given.
+      **subplots_kw: passed to :meth:`~matplotlib.figure.Figure.subplots` for a new figure
+        (``sharex``, ``sharey``); a caller's axes keep their own sharing.
+
+    Returns:
+      ``(fig, axes)``: ``axes`` an object array of shape ``(nrows, ncols)``, flattened to 1-D
+      when ``nrows`` or ``ncols`` is 1 (as :func:`matplotlib.pyplot.subplots` squeezes it).
+
+    Raises:
+      ValueError: if ``axes`` does not hold ``nrows · ncols`` Axes of one figure.
+    """
+    n = nrows * ncols
+    if axes is None:
+        fig = Figure(figsize=figsize)
+        grid = fig.subplots(nrows, ncols, squeeze=False, **subplots_kw)
+    else:
+        flat = [axes] if isinstance(axes, Axes) else list(np.asarray(axes, dtype=object).ravel())
+        if len(flat) != n or not all(isinstance(a, Axes) for a in flat):
+            raise ValueError(
+                f"axes must be a sequence of {n} matplotlib Axes ({nrows} row(s) × {ncols} "
+                f"column(s), row-major), got {len(flat)} item(s) of types "
+                f"{sorted({type(a).__name__ for a in flat})}"
+            )
+        fig = flat[0].figure
+        if any(a.figure is not fig for a in flat):
+            raise ValueError("axes must all belong to one figure")
+        grid = np.empty((nrows, ncols), dtype=object)
+        grid.ravel()[:] = flat
+    return fig, (grid.ravel() if nrows == 1 or ncols == 1 else grid)
+
+
+def _finish(fig: Figure, created: bool, suptitle: str | None = None, **suptitle_kw) -> Figure:
+    """Figure-level title and tight layout, only on a figure this module created."""
+    if created:
+        if suptitle is not None:
+            fig.suptitle(suptitle, **suptitle_kw)
+        fig.tight_layout()
+    return fig
 
 
 def _band(ax, x, ys, color, label, log=True):
@@ -44,13 +136,21 @@ def _band(ax, x, ys, color, label, log=True):
         ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
 
 
-def layer_grad_norms(norms: Mapping[str, np.ndarray], *, title: str = "") -> plt.Figure:
+def layer_grad_norms(
+    norms: Mapping[str, np.ndarray], *, title: str = "", ax: Axes | None = None
+) -> Figure:
     """‖∂L/∂θ_l‖ vs layer l on a log scale, one line per network.
 
     Args:
       norms: label -> array ``(seeds, L)`` of per-layer gradient norms, input layer first.
+      title: axes title (default: a description of the plot).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    created = ax is None
+    fig, ax = new_axes(ax, figsize=(7.5, 4.5))
     for (label, ys), c in zip(norms.items(), palette(len(norms))):
         ys = np.asarray(ys)
         _band(ax, np.arange(1, ys.shape[1] + 1), ys, c, label)
@@ -59,8 +159,7 @@ def layer_grad_norms(norms: Mapping[str, np.ndarray], *, title: str = "") -> plt
     ax.set_title(title or "Per-layer gradient norm at initialisation (median, min–max over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created)
 
 
 def log_singular_value_density(
@@ -69,17 +168,25 @@ def log_singular_value_density(
     floors: Mapping[str, float] | None = None,
     title: str = "",
     xlabel: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """Histogram of log10 singular values, one panel per network (shared x axis).
 
     Args:
       log10_sv: label -> 1-D array of log10 singular values pooled over inputs and seeds.
       floors: label -> log10 of the numerical resolution floor; values at or below it are
         unresolved (they pile up there) and the floor is drawn and labelled.
+      title: figure title (drawn only on a figure this function creates).
+      xlabel: label of the shared x axis (default: log10 σ_i, with σ = 1 dotted).
+      axes: ``len(log10_sv)`` axes to draw into, one per network (default: a new figure with
+        a shared x axis).
+
+    Returns:
+      The Figure drawn into.
     """
     k = len(log10_sv)
-    fig, axes = plt.subplots(k, 1, figsize=(7.5, 1.35 * k + 0.8), sharex=True)
-    axes = np.atleast_1d(axes)
+    created = axes is None
+    fig, axes = new_axes_grid(axes, nrows=k, ncols=1, figsize=(7.5, 1.35 * k + 0.8), sharex=True)
     lo = min(float(np.min(v)) for v in log10_sv.values())
     hi = max(float(np.max(v)) for v in log10_sv.values())
     bins = np.linspace(lo - 0.25, hi + 0.25, 90)
@@ -100,9 +207,8 @@ def log_singular_value_density(
         ax.set_ylabel("count", fontsize=8)
         ax.text(0.01, 0.8, label, transform=ax.transAxes, fontsize=9)
     axes[-1].set_xlabel(xlabel or r"$\log_{10}\,\sigma_i$ (dotted: $\sigma = 1$, isometry)")
-    fig.suptitle(title or "Singular values of the Jacobian through all hidden layers", fontsize=11)
-    fig.tight_layout()
-    return fig
+    title = title or "Singular values of the Jacobian through all hidden layers"
+    return _finish(fig, created, title, fontsize=11)
 
 
 def rnn_backprop_norms(
@@ -111,15 +217,22 @@ def rnn_backprop_norms(
     bounds: Mapping[str, np.ndarray],
     *,
     title: str = "",
-) -> plt.Figure:
+    ax: Axes | None = None,
+) -> Figure:
     """‖∂x_T/∂x_k‖ vs T − k (log scale) with a bound drawn dashed in the same colour.
 
     Args:
       distance: array ``(K,)`` of T − k.
       norms: label -> array ``(seeds, K)`` of spectral norms.
       bounds: label -> array ``(K,)`` of the bound (γλ₁)^(T−k).
+      title: axes title (default: a description of the plot).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    created = ax is None
+    fig, ax = new_axes(ax, figsize=(7.5, 4.5))
     for (label, ys), c in zip(norms.items(), palette(len(norms))):
         _band(ax, distance, ys, c, label)
         if label in bounds:
@@ -131,8 +244,7 @@ def rnn_backprop_norms(
     ax.set_title(title or "Backpropagation through time in a tanh RNN")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +258,8 @@ def partial_jacobian_power_laws(
     log_theory: Mapping[str, np.ndarray],
     *,
     title: str = "",
-) -> plt.Figure:
+    ax: Axes | None = None,
+) -> Figure:
     """J^{l0,l} vs l on log-log axes, measured (median and min–max band) with theory dashed.
 
     A power law J ~ l^ζ is a straight line of slope ζ; exponential growth or decay bends away.
@@ -155,8 +268,14 @@ def partial_jacobian_power_laws(
       layers: array ``(P,)`` of output layers l (> 0).
       log_measured: label -> array ``(seeds, P)`` of natural-log APJNs.
       log_theory: label -> array ``(P,)`` of the natural-log prediction, drawn dashed.
+      title: axes title (default: a description of the plot).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    created = ax is None
+    fig, ax = new_axes(ax, figsize=(7.5, 4.8))
     layers = np.asarray(layers)
     for (label, ys), c in zip(log_measured.items(), palette(len(log_measured))):
         ys = np.asarray(ys) / np.log(10.0)
@@ -172,8 +291,7 @@ def partial_jacobian_power_laws(
     ax.set_title(title or "Partial Jacobian norms vs depth", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created)
 
 
 def partial_jacobian_phase_diagram(
@@ -189,7 +307,8 @@ def partial_jacobian_phase_diagram(
     log_chi1_theory: np.ndarray,
     *,
     title: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """Residual-LN exponent ζ and plain-MLP log χ₁ over (σ_w, σ_b): theory maps, measured points.
 
     Panel (a): ζ of J^{l0,l} ~ (l/l0)^ζ for the pre-LN residual net (a power law everywhere; the
@@ -199,15 +318,20 @@ def partial_jacobian_phase_diagram(
     measured against theory, with y = x dashed.
 
     Args:
-      sigma_w: array ``(nw,)``; sigma_b: array ``(nb,)``: the axes of the maps.
+      sigma_w: array ``(nw,)``, the horizontal axis of the maps.
+      sigma_b: array ``(nb,)``, the vertical axis of the maps.
       zeta_map, log_chi1_map: arrays ``(nb, nw)`` of theory.
       points_sigma_w, points_sigma_b: arrays ``(P,)``, where networks were measured.
       zeta_measured, zeta_theory: arrays ``(P,)`` (theory fitted over the same layers).
       log_chi1_measured, log_chi1_theory: arrays ``(P,)``.
-    """
-    from matplotlib.colors import TwoSlopeNorm
+      title: figure title (drawn only on a figure this function creates).
+      axes: 3 axes to draw panels (a)–(c) into (default: a new figure).
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    Returns:
+      The Figure drawn into.
+    """
+    created = axes is None
+    fig, axes = new_axes_grid(axes, nrows=1, ncols=3, figsize=(15, 4.6))
     sw, sb = np.asarray(sigma_w), np.asarray(sigma_b)
     psw, psb = np.asarray(points_sigma_w), np.asarray(points_sigma_b)
 
@@ -282,9 +406,7 @@ def partial_jacobian_phase_diagram(
     ax.set_title("(c) measured exponents vs theory", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(title or "Partial-Jacobian phase diagram", fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created, title or "Partial-Jacobian phase diagram", fontsize=11)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +420,8 @@ def cnn_singular_value_spread(
     *,
     resolved: Mapping[str, np.ndarray] | None = None,
     title: str = "",
-) -> plt.Figure:
+    ax: Axes | None = None,
+) -> Figure:
     """Singular values of ∂h_L/∂h_{L−d} against d: median (line), σ_max to σ_min (band).
 
     The mean-field prediction at χ₁ = 1 is a mean squared singular value of χ₁^d = 1, drawn
@@ -310,8 +433,14 @@ def cnn_singular_value_spread(
       d: array ``(D,)`` of depths (layers back from the top), > 0.
       log10_sv: label -> array ``(seeds, D, k)`` of log10 singular values, descending.
       resolved: label -> bool array like ``log10_sv``: values above the numerical floor.
+      title: axes title (default: a description of the plot).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    created = ax is None
+    fig, ax = new_axes(ax, figsize=(7.5, 4.8))
     d = np.asarray(d)
     for (label, sv), c in zip(log10_sv.items(), palette(len(log10_sv))):
         sv = np.asarray(sv, np.float64)
@@ -333,13 +462,12 @@ def cnn_singular_value_spread(
     ax.set_title(title or "Jacobian singular values vs depth", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created)
 
 
 def cnn_state_gradient_norms(
-    log10_norms: Mapping[str, np.ndarray], *, title: str = ""
-) -> plt.Figure:
+    log10_norms: Mapping[str, np.ndarray], *, title: str = "", ax: Axes | None = None
+) -> Figure:
     """log10 ‖∂L/∂h_l‖ against layer l, one line per network (median, min–max band over seeds).
 
     At χ₁ = 1 mean field predicts E‖∂L/∂h_l‖² independent of l: each network's theory is drawn
@@ -347,8 +475,14 @@ def cnn_state_gradient_norms(
 
     Args:
       log10_norms: label -> array ``(seeds, L)`` of log10 state-gradient norms, h_1 … h_L.
+      title: axes title (default: a description of the plot).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    created = ax is None
+    fig, ax = new_axes(ax, figsize=(7.5, 4.5))
     for (label, ys), c in zip(log10_norms.items(), palette(len(log10_norms))):
         ys = np.asarray(ys)
         layers = np.arange(1, ys.shape[1] + 1)
@@ -362,8 +496,7 @@ def cnn_state_gradient_norms(
     ax.set_title(title or "State-gradient norms through depth", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created)
 
 
 def cnn_q_c_layers(
@@ -373,7 +506,8 @@ def cnn_q_c_layers(
     one_minus_c_theory: np.ndarray,
     *,
     title: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """Empirical length q^l and correlation c^l over layers, mean-field maps dashed.
 
     Left: q^l / q* (theory: the q-map from q*, i.e. 1). Right: 1 − c^l on log–log axes (at the
@@ -383,8 +517,14 @@ def cnn_q_c_layers(
       q, one_minus_c: label -> array ``(seeds, L)`` for layers 1 … L.
       q_theory, one_minus_c_theory: arrays ``(L,)`` (e.g. from
         :func:`gradflow.meanfield.c_layers`).
+      title: figure title (drawn only on a figure this function creates).
+      axes: 2 axes to draw panels (a) and (b) into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    created = axes is None
+    fig, axes = new_axes_grid(axes, nrows=1, ncols=2, figsize=(12, 4.4))
     q_theory, gap_theory = np.asarray(q_theory), np.asarray(one_minus_c_theory)
     layers = np.arange(1, q_theory.shape[0] + 1)
     q0 = float(q_theory[0])
@@ -412,9 +552,7 @@ def cnn_q_c_layers(
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle(title or "Forward signal propagation", fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created, title or "Forward signal propagation", fontsize=11)
 
 
 def cnn_fourier_mode_decay(
@@ -424,7 +562,8 @@ def cnn_fourier_mode_decay(
     *,
     modes=None,
     title: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """Per-mode amplitude of a covariance perturbation over layers, theory (rate)^l dashed.
 
     One panel per network; within it one colour per spatial Fourier mode m. Points are shown
@@ -436,10 +575,15 @@ def cnn_fourier_mode_decay(
       stderr: label -> array ``(L, n)``.
       rates: label -> array ``(n,)`` of theoretical per-layer rates λ_m χ_c*.
       modes: which m to draw (default 0 … n/2).
+      title: figure title (drawn only on a figure this function creates).
+      axes: ``len(amplitude)`` axes, one per network (default: a new figure, shared y axis).
+
+    Returns:
+      The Figure drawn into.
     """
     k = len(amplitude)
-    fig, axes = plt.subplots(1, k, figsize=(5.2 * k, 4.6), sharey=True)
-    axes = np.atleast_1d(axes)
+    created = axes is None
+    fig, axes = new_axes_grid(axes, nrows=1, ncols=k, figsize=(5.2 * k, 4.6), sharey=True)
     for ax, label in zip(axes, amplitude):
         a, e, r = (np.asarray(v) for v in (amplitude[label], stderr[label], rates[label]))
         ms = list(range(a.shape[1] // 2 + 1)) if modes is None else list(modes)
@@ -465,12 +609,8 @@ def cnn_fourier_mode_decay(
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5, loc="lower left")
     axes[0].set_ylabel(r"mode amplitude $A^l_m / A^0_m$")
-    fig.suptitle(
-        title or "Fourier modes of the covariance: measured (points) and theory (dashed)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return fig
+    title = title or "Fourier modes of the covariance: measured (points) and theory (dashed)"
+    return _finish(fig, created, title, fontsize=10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,7 +631,8 @@ def token_collapse(
     *,
     floor: float = 1e-7,
     title: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """Token cosine and relative rank-one residual vs block, one line per network.
 
     Panel (a): mean pairwise token cosine (1 = all tokens parallel). Panel (b): the relative
@@ -503,9 +644,15 @@ def token_collapse(
       cosine: label -> array ``(seeds, L + 1)`` (state after block l; l = 0 is the embedding).
       relative: label -> array ``(seeds, L + 1)``.
       floor: smallest relative residual drawn.
+      title: figure title (drawn only on a figure this function creates).
+      axes: 2 axes to draw panels (a) and (b) into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
     styles = _family_styles(list(cosine))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    created = axes is None
+    fig, axes = new_axes_grid(axes, nrows=1, ncols=2, figsize=(13, 4.8))
     for label, ys in cosine.items():
         c, ls = styles[label]
         ys = np.asarray(ys)
@@ -526,9 +673,8 @@ def token_collapse(
         ax.set_xlabel("block l (0 = embedding)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower left", ncol=2)
-    fig.suptitle(title or "Rank collapse with depth at initialisation", fontsize=11)
-    fig.tight_layout()
-    return fig
+    title = title or "Rank collapse with depth at initialisation"
+    return _finish(fig, created, title, fontsize=11)
 
 
 def uniform_attention_growth(
@@ -538,7 +684,8 @@ def uniform_attention_growth(
     *,
     bound: float | None = None,
     title: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """Growth of the token mean under uniform attention, measured against (1 + α²σ_v²)^l.
 
     Panel (a): the Monte Carlo mean of ‖x̄_l‖²/‖x̄_0‖² with a ±2 standard-error band, theory
@@ -551,8 +698,14 @@ def uniform_attention_growth(
       theory: label -> array ``(L + 1,)``.
       relative: label -> array ``(seeds, L + 1)``.
       bound: a horizontal reference level (e.g. e^{σ_v²}), or None.
+      title: figure title (drawn only on a figure this function creates).
+      axes: 2 axes to draw panels (a) and (b) into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    created = axes is None
+    fig, axes = new_axes_grid(axes, nrows=1, ncols=2, figsize=(12, 4.6))
     for (label, g), c in zip(growth.items(), palette(len(growth))):
         g = np.asarray(g, np.float64)
         x = np.arange(g.shape[1])
@@ -575,9 +728,7 @@ def uniform_attention_growth(
         ax.set_xlabel("layer l")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or "Uniform attention", fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, created, title or "Uniform attention", fontsize=11)
 
 
 def gradient_scale_slopes(
@@ -588,7 +739,8 @@ def gradient_scale_slopes(
     sq_norms: np.ndarray | None = None,
     *,
     title: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """‖∂L/∂W^{2,L}‖_F vs depth L on log-log axes with fitted and theoretical slopes.
 
     Panel (a): every seed (small dots), the mean of log10 over seeds (large markers), the
@@ -603,10 +755,18 @@ def gradient_scale_slopes(
       slopes: label -> (slope, CI low, CI high) of log norm vs log depth.
       theory: label -> theoretical slope.
       sq_norms: array ``(seeds, L + 1)`` or None.
+      title: figure title (drawn only on a figure this function creates).
+      axes: 2 axes to draw panels (a) and (b) into, 1 without ``sq_norms`` (default: a new
+        figure).
+
+    Returns:
+      The Figure drawn into.
     """
     two = sq_norms is not None
-    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(12.5 if two else 7, 4.6))
-    axes = np.atleast_1d(axes)
+    created = axes is None
+    fig, axes = new_axes_grid(
+        axes, nrows=1, ncols=2 if two else 1, figsize=(12.5 if two else 7, 4.6)
+    )
     ax = axes[0]
     lx = np.log10(np.asarray(depths, np.float64))
     for (label, ys), c in zip(norms.items(), palette(len(norms))):
@@ -643,9 +803,8 @@ def gradient_scale_slopes(
         ax.set_title("(b) pre-LN residual stream grows linearly", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or "Gradient scale vs depth, pre-LN and post-LN", fontsize=11)
-    fig.tight_layout()
-    return fig
+    title = title or "Gradient scale vs depth, pre-LN and post-LN"
+    return _finish(fig, created, title, fontsize=11)
 
 
 def sublayer_jacobian_spectra(
@@ -655,7 +814,8 @@ def sublayer_jacobian_spectra(
     *,
     backward_ylabel: str = r"$\log_{10}\,\|\partial X_K/\partial X_k\|_F$",
     title: str = "",
-) -> plt.Figure:
+    axes=None,
+) -> Figure:
     """Per-step Jacobian singular values, attention vs MLP, and ‖∂X_K/∂X_k‖ vs k.
 
     Panel (a): for every chain step k, log10 of the largest and the median singular value of
@@ -667,8 +827,15 @@ def sublayer_jacobian_spectra(
       singular_values: label -> array ``(seeds, K, n)``, descending along the last axis.
       kinds: ``(K,)`` strings "attention" / "mlp".
       log10_backward: label -> array ``(seeds, K)``.
+      backward_ylabel: y label of panel (b).
+      title: figure title (drawn only on a figure this function creates).
+      axes: 2 axes to draw panels (a) and (b) into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    created = axes is None
+    fig, axes = new_axes_grid(axes, nrows=1, ncols=2, figsize=(13, 4.8))
     kinds = np.asarray(kinds)
     masks = ((kinds == "attention", "o", "attention"), (kinds == "mlp", "s", "MLP"))
     for (label, sv), c in zip(singular_values.items(), palette(len(singular_values))):
@@ -697,6 +864,5 @@ def sublayer_jacobian_spectra(
     axes[1].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(title or "Jacobians of attention and MLP sub-layers", fontsize=11)
-    fig.tight_layout()
-    return fig
+    title = title or "Jacobians of attention and MLP sub-layers"
+    return _finish(fig, created, title, fontsize=11)

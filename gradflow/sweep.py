@@ -1051,7 +1051,7 @@ def _chunk_id(shape: int, chunk: int) -> str:
 def _versions() -> dict:
     import jaxlib
 
-    from gradflow import __version__
+    from gradflow._version import __version__
 
     return {
         "gradflow": __version__,

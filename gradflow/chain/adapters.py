@@ -77,7 +77,7 @@ class _CallLayer:
 
 
 def from_layers(layers: Sequence[Callable], x, *, names: Sequence[str] | None = None) -> Segmented:
-    """A chain h_0 = x, h_{k+1} = layers[k](h_k) from any callables (closures over their params).
+    """A chain ``h_0 = x``, ``h_{k+1} = layers[k](h_k)`` from callables (closures over params).
 
     Runs of the *same* callable object (``[block] * 10``) become one scanned segment.
 

@@ -1,4 +1,5 @@
-"""Writing an experiment's outputs: figures as PNG, numbers as JSON and NPZ (atomically)."""
+"""An experiment's outputs: figures as PNG + PDF, numbers as JSON and NPZ (written atomically),
+and reading the numbers back to redraw the figures."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_figure", "save_json", "save_npz", "to_jsonable"]
+__all__ = [
+    "save_figure",
+    "save_json",
+    "save_npz",
+    "to_jsonable",
+    "load_json",
+    "load_npz",
+    "with_prefix",
+    "by_label",
+]
 
 
 def _atomic_target(path: Path):
@@ -56,11 +66,73 @@ def save_npz(arrays: dict, path) -> Path:
 
 
 def save_figure(fig, path, dpi: int = 120) -> Path:
-    import matplotlib.pyplot as plt
+    """Writes ``fig`` as a PNG at ``path`` and, beside it, a vector PDF with the same stem.
 
+    Both files are written to temporary names first and then renamed, so a reader never sees a
+    partial file; the PDF's creation date is omitted so equal figures give equal bytes.
+
+    Args:
+      fig: a :class:`matplotlib.figure.Figure`.
+      path: the PNG's path (``…/name.png``); the PDF is ``…/name.pdf``.
+      dpi: resolution of the PNG (the PDF is resolution-independent).
+
+    Returns:
+      The PNG's path.
+    """
     path = Path(path)
-    tmp = _atomic_target(path)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    pdf = path.with_suffix(".pdf")
+    tmp_png, tmp_pdf = _atomic_target(path), _atomic_target(pdf)
+    try:
+        fig.savefig(tmp_png, dpi=dpi, bbox_inches="tight", format="png")
+        fig.savefig(tmp_pdf, bbox_inches="tight", format="pdf", metadata={"CreationDate": None})
+    except BaseException:
+        tmp_png.unlink(missing_ok=True)
+        tmp_pdf.unlink(missing_ok=True)
+        raise
+    tmp_png.replace(path)
+    tmp_pdf.replace(pdf)
     return path
+
+
+def load_json(path):
+    """The contents of a file written by :func:`save_json`, non-finite floats restored.
+
+    :func:`to_jsonable` writes NaN and ±inf as the strings ``"nan"``, ``"inf"``, ``"-inf"``;
+    they come back as floats (no other string of those values is ever written).
+    """
+    return _restore(json.loads(Path(path).read_text()))
+
+
+def _restore(obj):
+    if isinstance(obj, dict):
+        return {k: _restore(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore(v) for v in obj]
+    if isinstance(obj, str) and obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    return obj
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Every array of a file written by :func:`save_npz`, in the order they were saved."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def with_prefix(data, prefix: str) -> dict:
+    """``{rest: value}`` for every key ``f"{prefix}/{rest}"`` of ``data``, in order.
+
+    The experiments save families of arrays under ``"quantity/label"`` keys; this undoes that
+    (labels may themselves contain ``/``).
+    """
+    head = f"{prefix}/"
+    return {k[len(head) :]: v for k, v in data.items() if k.startswith(head)}
+
+
+def by_label(data) -> dict[str, dict]:
+    """``{label: {field: value}}`` from keys ``f"{label}/{field}"`` (split at the last ``/``)."""
+    out: dict[str, dict] = {}
+    for k, v in data.items():
+        label, _, field = k.rpartition("/")
+        out.setdefault(label, {})[field] = v
+    return out

@@ -21,12 +21,15 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from gradflow import gradients, init, jacobians, meanfield, plots
 from gradflow.experiments import _io
@@ -320,7 +323,7 @@ def _label(init_name: str, sigma_b2: float) -> str:
 
 
 def _jacobian_section(out: Path, s: Settings, keys) -> dict:
-    spread, resolved, density, floors, grads, summary, arrays = {}, {}, {}, {}, {}, {}, {}
+    summary, arrays = {}, {}
     with jax.enable_x64(True):
         for sb2 in s.sigma_b2:
             sw2, _, q = critical_pair(sb2)
@@ -328,11 +331,6 @@ def _jacobian_section(out: Path, s: Settings, keys) -> dict:
                 label = _label(name, sb2)
                 r = measure_jacobians(name, s, sb2, keys)
                 sv, ok = r["log10_sv"], r["resolved"]
-                spread[label], resolved[label] = sv, ok
-                density[label] = sv[:, -1].ravel()
-                if not ok[:, -1].all():
-                    floors[label] = float(np.median(sv[:, -1][~ok[:, -1]]))
-                grads[label] = r["log10_state_grad"]
                 full = sv[:, -1]
                 summary[label] = {
                     "sigma_w2": sw2,
@@ -358,35 +356,12 @@ def _jacobian_section(out: Path, s: Settings, keys) -> dict:
                     f"resolved/{label}": ok,
                     f"log10_state_grad/{label}": r["log10_state_grad"],
                 }
-    d = depths_from_top(s.depth)
-    arrays["d"] = d
+    arrays["d"] = depths_from_top(s.depth)
     _io.save_npz(arrays, out / "jacobians.npz")
-    state = s.positions * s.jac_channels
-    _io.save_figure(
-        plots.cnn_singular_value_spread(
-            d,
-            spread,
-            resolved=resolved,
-            title=f"Singular values of ∂h_L/∂h_(L−d), tanh CNN at χ₁ = 1 (n = {s.positions}, "
-            f"C = {s.jac_channels}, L = {s.depth})",
-        ),
-        out / "jacobian_spread.png",
-    )
-    _io.save_figure(
-        plots.log_singular_value_density(
-            density,
-            floors=floors,
-            title=f"Singular values of ∂h_L/∂h_1 through {s.depth - 1} conv layers "
-            f"({state} × {state})",
-        ),
-        out / "jacobian_singular_values.png",
-    )
-    _io.save_figure(
-        plots.cnn_state_gradient_norms(
-            grads, title=f"‖∂L/∂h_l‖ at χ₁ = 1 (mean field: flat), depth {s.depth}"
-        ),
-        out / "state_grad_norms.png",
-    )
+    _io.save_figure(figure_jacobian_spread(arrays, s), out / "jacobian_spread.png")
+    fig = figure_jacobian_singular_values(arrays, s)
+    _io.save_figure(fig, out / "jacobian_singular_values.png")
+    _io.save_figure(figure_state_grad_norms(arrays, s), out / "state_grad_norms.png")
     return summary
 
 
@@ -408,17 +383,11 @@ def _forward_section(out: Path, s: Settings, keys) -> dict:
                 np.argmax(np.append(np.median(cm, 0) < 0.5 * c_th, True)) + 1
             ),
         }
-    _io.save_npz(
-        {f"q/{k}": v for k, v in qs.items()}
-        | {f"one_minus_c/{k}": v for k, v in cs.items()}
-        | {"q_theory": q_th, "one_minus_c_theory": c_th},
-        out / "q_c.npz",
-    )
-    title = (
-        f"Length and correlation over layers at (σ_w², σ_b²) = ({sw2:.4f}, {sb2:g}), "
-        f"C = {s.fwd_channels}"
-    )
-    _io.save_figure(plots.cnn_q_c_layers(qs, cs, q_th, c_th, title=title), out / "q_c.png")
+    arrays = {f"q/{k}": v for k, v in qs.items()}
+    arrays |= {f"one_minus_c/{k}": v for k, v in cs.items()}
+    arrays |= {"q_theory": q_th, "one_minus_c_theory": c_th}
+    _io.save_npz(arrays, out / "q_c.npz")
+    _io.save_figure(figure_q_c(arrays, s, sigma_w2=sw2), out / "q_c.png")
     return {"sigma_w2": sw2, "sigma_b2": sb2, "q_star": q, "channels": s.fwd_channels} | summary
 
 
@@ -429,11 +398,10 @@ def _mode_section(out: Path, s: Settings, keys) -> dict:
         f"delta-orthogonal, critical ({sw2c:.4f}, {sb2c:g})": ("delta-orthogonal", sw2c, sb2c),
         f"Gaussian, ordered {s.ordered}": ("Gaussian", *s.ordered),
     }
-    amps, errs, theories, summary, arrays = {}, {}, {}, {}, {}
+    summary, arrays = {}, {}
     half = s.positions // 2 + 1
     for label, (name, sw2, sb2) in cases.items():
         res, theory = measure_modes(name, s, sw2, sb2, keys)
-        amps[label], errs[label], theories[label] = res.amplitude, res.stderr, theory
         summary[label] = {
             "chi_c": float(meanfield.chi_c("tanh", sw2, sb2)),
             "modes": [
@@ -455,14 +423,7 @@ def _mode_section(out: Path, s: Settings, keys) -> dict:
             f"theory/{label}": theory,
         }
     _io.save_npz(arrays, out / "fourier_modes.npz")
-    title = (
-        f"Fourier modes of a covariance perturbation, C = {s.mode_channels}, "
-        f"n = {s.positions}, {len(keys)} seeds (dashed: (λ_m χ_c*)^l)"
-    )
-    _io.save_figure(
-        plots.cnn_fourier_mode_decay(amps, errs, theories, modes=range(half), title=title),
-        out / "fourier_modes.png",
-    )
+    _io.save_figure(figure_fourier_modes(arrays, s), out / "fourier_modes.png")
     return summary
 
 
@@ -490,3 +451,170 @@ def run(out_dir, *, full: bool = False) -> dict:
     }
     _io.save_json(summary, out / "summary.json")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures, from the numbers run() saves (so figures() can redraw them from the files). Each takes
+# the figure's .npz contents and the run's Settings (or summary.json's "settings" dict).
+
+
+def _settings(s) -> Settings:
+    return s if isinstance(s, Settings) else Settings(**s)
+
+
+def figure_jacobian_spread(
+    data: Mapping[str, np.ndarray], settings, *, ax: Axes | None = None
+) -> Figure:
+    """Singular values of ∂h_L/∂h_(L−d) against d, one band per (init, critical point).
+
+    Args:
+      data: the contents of ``jacobians.npz``: ``d`` ``(D,)`` and, per network label,
+        ``"log10_sv/<label>"`` ``(seeds, D, k)`` (descending) and ``"resolved/<label>"`` (bool,
+        same shape).
+      settings: :class:`Settings` (or its dict) of the run (for the title).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    s = _settings(settings)
+    return plots.cnn_singular_value_spread(
+        data["d"],
+        _io.with_prefix(data, "log10_sv"),
+        resolved=_io.with_prefix(data, "resolved"),
+        title=f"Singular values of ∂h_L/∂h_(L−d), tanh CNN at χ₁ = 1 (n = {s.positions}, "
+        f"C = {s.jac_channels}, L = {s.depth})",
+        ax=ax,
+    )
+
+
+def figure_jacobian_singular_values(
+    data: Mapping[str, np.ndarray], settings, *, axes=None
+) -> Figure:
+    """Histograms of the log10 singular values of ∂h_L/∂h_1, one panel per network.
+
+    Args:
+      data: the contents of ``jacobians.npz`` (``"log10_sv/<label>"`` and
+        ``"resolved/<label>"``; the last depth, d = L − 1, is drawn). Unresolved values sit at
+        the numerical floor, drawn at their median.
+      settings: :class:`Settings` (or its dict) of the run (for the title).
+      axes: one axes per network (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    s = _settings(settings)
+    resolved = _io.with_prefix(data, "resolved")
+    density, floors = {}, {}
+    for label, sv in _io.with_prefix(data, "log10_sv").items():
+        full, ok = sv[:, -1], resolved[label][:, -1]
+        density[label] = full.ravel()
+        if not ok.all():
+            floors[label] = float(np.median(full[~ok]))
+    state = s.positions * s.jac_channels
+    return plots.log_singular_value_density(
+        density,
+        floors=floors,
+        title=f"Singular values of ∂h_L/∂h_1 through {s.depth - 1} conv layers ({state} × {state})",
+        axes=axes,
+    )
+
+
+def figure_state_grad_norms(
+    data: Mapping[str, np.ndarray], settings, *, ax: Axes | None = None
+) -> Figure:
+    """log10 ‖∂L/∂h_l‖ against layer l, flat at χ₁ = 1 in mean field.
+
+    Args:
+      data: the contents of ``jacobians.npz`` (``"log10_state_grad/<label>"`` ``(seeds, L)``).
+      settings: :class:`Settings` (or its dict) of the run (for the title).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    s = _settings(settings)
+    return plots.cnn_state_gradient_norms(
+        _io.with_prefix(data, "log10_state_grad"),
+        title=f"‖∂L/∂h_l‖ at χ₁ = 1 (mean field: flat), depth {s.depth}",
+        ax=ax,
+    )
+
+
+def figure_q_c(data: Mapping[str, np.ndarray], settings, *, sigma_w2: float, axes=None) -> Figure:
+    """q^l/q* and 1 − c^l over layers at the critical point, mean-field maps dashed.
+
+    Args:
+      data: the contents of ``q_c.npz``: ``"q/<init>"``, ``"one_minus_c/<init>"``
+        ``(seeds, L)`` and the theory ``q_theory``, ``one_minus_c_theory`` ``(L,)``.
+      settings: :class:`Settings` (or its dict) of the run (σ_b² and C for the title).
+      sigma_w2: the critical σ_w² at ``settings.main_sigma_b2`` (for the title).
+      axes: 2 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    s = _settings(settings)
+    title = (
+        f"Length and correlation over layers at (σ_w², σ_b²) = ({sigma_w2:.4f}, "
+        f"{s.main_sigma_b2:g}), C = {s.fwd_channels}"
+    )
+    return plots.cnn_q_c_layers(
+        _io.with_prefix(data, "q"),
+        _io.with_prefix(data, "one_minus_c"),
+        data["q_theory"],
+        data["one_minus_c_theory"],
+        title=title,
+        axes=axes,
+    )
+
+
+def figure_fourier_modes(data: Mapping[str, np.ndarray], settings, *, axes=None) -> Figure:
+    """Per-mode amplitude of a covariance perturbation over layers, (λ_m χ_c*)^l dashed.
+
+    Args:
+      data: the contents of ``fourier_modes.npz``: per case label ``"amplitude/<label>"``,
+        ``"stderr/<label>"`` ``(L, n)`` and ``"theory/<label>"`` ``(n,)``.
+      settings: :class:`Settings` (or its dict) of the run (modes 0 … n/2 are drawn).
+      axes: one axes per case (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    s = _settings(settings)
+    title = (
+        f"Fourier modes of a covariance perturbation, C = {s.mode_channels}, "
+        f"n = {s.positions}, {s.mode_seeds} seeds (dashed: (λ_m χ_c*)^l)"
+    )
+    return plots.cnn_fourier_mode_decay(
+        _io.with_prefix(data, "amplitude"),
+        _io.with_prefix(data, "stderr"),
+        _io.with_prefix(data, "theory"),
+        modes=range(s.positions // 2 + 1),
+        title=title,
+        axes=axes,
+    )
+
+
+def figures(out_dir) -> dict[str, Figure]:
+    """Redraws every figure of :func:`run` from the numbers it saved in ``out_dir/cnn``.
+
+    Args:
+      out_dir: the directory given to :func:`run`.
+
+    Returns:
+      ``{file stem: Figure}``, the stems of the PNG/PDF files :func:`run` wrote.
+    """
+    out = Path(out_dir) / NAME
+    summary = _io.load_json(out / "summary.json")
+    s = _settings(summary["settings"])
+    jac = _io.load_npz(out / "jacobians.npz")
+    return {
+        "jacobian_spread": figure_jacobian_spread(jac, s),
+        "jacobian_singular_values": figure_jacobian_singular_values(jac, s),
+        "state_grad_norms": figure_state_grad_norms(jac, s),
+        "q_c": figure_q_c(
+            _io.load_npz(out / "q_c.npz"), s, sigma_w2=summary["forward"]["sigma_w2"]
+        ),
+        "fourier_modes": figure_fourier_modes(_io.load_npz(out / "fourier_modes.npz"), s),
+    }

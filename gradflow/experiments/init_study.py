@@ -24,11 +24,14 @@ sweep maps the gradient ratio over (m, s) at one depth.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from gradflow import init, plots
 from gradflow import sweep as sw
@@ -210,23 +213,33 @@ def mean_field_chi1(st: Settings) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Figures (matplotlib directly: these plots are specific to this study)
+# Figures, from the arrays :func:`study` saves in ``init_study.npz`` (so :func:`figures` can
+# redraw them from the file): ``depths`` ``(D,)``, ``"<quantity>/<init label>"`` arrays
+# ``(D, seeds)`` for quantity in log10_ratio, log10_state_ratio, lyapunov, chi1, and the
+# heatmap's ``heat/log10_ratio``, ``heat/log10_state_ratio`` ``(means, scales, seeds)`` on the
+# axes ``heat/means``, ``heat/scales``.
 
 
-def _plt():
-    import matplotlib
+def figure_grad_ratio_heatmap(
+    data: Mapping[str, np.ndarray], *, width: int, ax: Axes | None = None
+) -> Figure:
+    """Median log10 first/last hidden-layer gradient ratio per initialisation and depth.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+      data: the contents of ``init_study.npz`` (``depths`` and ``"log10_ratio/<label>"``).
+      width: of the networks (for the title).
+      ax: axes to draw into (default: a new figure).
 
-    return plt
-
-
-def _heatmap_fig(st: Settings, ratio: dict[str, np.ndarray]):
-    plt = _plt()
+    Returns:
+      The Figure drawn into.
+    """
+    ratio = _io.with_prefix(data, "log10_ratio")
+    depths = [int(d) for d in data["depths"]]
+    seeds = next(iter(ratio.values())).shape[1]
     labels = list(ratio)
     med = np.array([np.median(ratio[k], axis=1) for k in labels])  # (inits, depths)
-    fig, ax = plt.subplots(figsize=(1.2 * len(st.depths) + 3.5, 0.55 * len(labels) + 1.8))
+    created = ax is None
+    fig, ax = plots.new_axes(ax, figsize=(1.2 * len(depths) + 3.5, 0.55 * len(labels) + 1.8))
     vmax = max(1.0, float(np.nanmax(np.abs(med))))
     im = ax.imshow(med, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
     for i in range(med.shape[0]):
@@ -240,14 +253,13 @@ def _heatmap_fig(st: Settings, ratio: dict[str, np.ndarray]):
                 fontsize=9,
                 color="white" if abs(med[i, j]) > 0.6 * vmax else "black",
             )
-    ax.set_xticks(range(len(st.depths)), [str(d) for d in st.depths])
+    ax.set_xticks(range(len(depths)), [str(d) for d in depths])
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("depth (hidden layers)")
     fig.colorbar(im, ax=ax, label="median log10 ‖g_first‖ / ‖g_last‖")
-    ax.set_title(
-        f"Gradient ratio across depth, logistic MLPs of width {st.width} ({st.seeds} seeds)"
-    )
-    fig.tight_layout()
+    ax.set_title(f"Gradient ratio across depth, logistic MLPs of width {width} ({seeds} seeds)")
+    if created:
+        fig.tight_layout()
     return fig
 
 
@@ -258,30 +270,64 @@ def _bands(ax, x, data: dict[str, np.ndarray]):
         ax.fill_between(x, ys.min(1), ys.max(1), color=c, alpha=0.2, lw=0)
 
 
-def _ratio_fig(st: Settings, ratio, state_ratio):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+def figure_grad_ratio_vs_depth(data: Mapping[str, np.ndarray], *, width: int, axes=None) -> Figure:
+    """First/last hidden-layer ratio of weight gradients and of error signals against depth.
+
+    Args:
+      data: the contents of ``init_study.npz`` (``depths``, ``"log10_ratio/<label>"`` and
+        ``"log10_state_ratio/<label>"``).
+      width: of the networks (for the title).
+      axes: 2 axes, weight gradients then error signals (default: a new figure, shared y).
+
+    Returns:
+      The Figure drawn into.
+    """
+    ratio = _io.with_prefix(data, "log10_ratio")
+    state_ratio = _io.with_prefix(data, "log10_state_ratio")
+    seeds = next(iter(ratio.values())).shape[1]
+    created = axes is None
+    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(13, 4.8), sharey=True)
     panels = (
         (ratio, "log10 first / last hidden layer", "weight gradients ‖∂L/∂W‖"),
         (state_ratio, "log10 ‖∂L/∂h_1‖ / ‖∂L/∂h_L‖", "back-propagated error ‖∂L/∂h‖"),
     )
-    for ax, (data, ylabel, title) in zip(axes, panels):
+    for ax, (values, ylabel, title) in zip(axes, panels):
         ax.axvspan(10, 15, color="0.9", lw=0, label="Yilmaz–Poli's 10–15 layers")
         ax.axhline(VANISHING_LOG10, color="0.4", ls="--", lw=1, label="vanishing threshold (10×)")
-        _bands(ax, np.asarray(st.depths), data)
+        _bands(ax, np.asarray(data["depths"]), values)
         ax.set_xlabel("depth (hidden layers)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"First vs last layer: {title}")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Logistic MLPs of width {st.width} (median, min–max over {st.seeds} seeds)")
-    fig.tight_layout()
+    if created:
+        fig.suptitle(f"Logistic MLPs of width {width} (median, min–max over {seeds} seeds)")
+        fig.tight_layout()
     return fig
 
 
-def _lyapunov_fig(st: Settings, lyap, chi1, chi1_mf):
-    plt = _plt()
-    x = np.asarray(st.depths)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+def figure_lyapunov_chi1(
+    data: Mapping[str, np.ndarray],
+    *,
+    chi1_mean_field: Mapping[str, float] | None = None,
+    axes=None,
+) -> Figure:
+    """Top Lyapunov exponent and ½ log χ₁ against depth, mean-field χ₁ dashed.
+
+    Args:
+      data: the contents of ``init_study.npz`` (``depths``, ``"lyapunov/<label>"`` and
+        ``"chi1/<label>"``).
+      chi1_mean_field: init label -> mean-field χ₁ (NaN where the theory does not apply), drawn
+        dashed in the label's colour (:func:`mean_field_chi1`); None draws none.
+      axes: 2 axes, λ₁ then χ₁ (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    lyap, chi1 = _io.with_prefix(data, "lyapunov"), _io.with_prefix(data, "chi1")
+    chi1_mf = chi1_mean_field or {}
+    x = np.asarray(data["depths"])
+    created = axes is None
+    fig, (a1, a2) = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(12, 4.5))
     _bands(a1, x, lyap)
     a1.axhline(0.0, color="0.4", lw=1)
     a1.set_xlabel("depth (hidden layers)")
@@ -296,36 +342,73 @@ def _lyapunov_fig(st: Settings, lyap, chi1, chi1_mf):
     a2.set_ylabel("½ log χ₁ (nats per layer)")
     a2.set_title("χ₁: mean ‖J_k‖²_F/N (lines), mean-field (dashed, zero-mean inits)")
     a1.legend(fontsize=8)
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
-def _mean_scale_fig(st: Settings, heat, heat_state):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+def figure_mean_scale_heatmap(
+    data: Mapping[str, np.ndarray], *, width: int, depth: int, axes=None
+) -> Figure:
+    """log10 first/last ratios over the Gaussian family's (mean, scale), Kumar/YP/… marked.
+
+    Args:
+      data: the contents of ``init_study.npz`` (``heat/log10_ratio``,
+        ``heat/log10_state_ratio`` ``(means, scales, seeds)``, ``heat/means``, ``heat/scales``).
+      width, depth: of the networks (for the title).
+      axes: 2 axes, weight gradients then error signals (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    heat, heat_state = data["heat/log10_ratio"], data["heat/log10_state_ratio"]
+    means = [float(m) for m in data["heat/means"]]
+    scales = [float(s) for s in data["heat/scales"]]
+    created = axes is None
+    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(14, 5))
     panels = ((heat, "weight gradients"), (heat_state, "error signal ‖∂L/∂h‖"))
     vmax = max(1.0, float(np.nanmax(np.abs(np.median(np.stack([heat, heat_state]), -1)))))
-    for ax, (data, what) in zip(axes, panels):
-        med = np.median(data, axis=-1)  # (means, scales)
+    for ax, (values, what) in zip(axes, panels):
+        med = np.median(values, axis=-1)  # (means, scales)
         im = ax.imshow(med.T, origin="lower", cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(st.heat_means)), [f"{m:g}" for m in st.heat_means])
-        ax.set_yticks(range(len(st.heat_scales)), [f"{s:.2g}" for s in st.heat_scales])
+        ax.set_xticks(range(len(means)), [f"{m:g}" for m in means])
+        ax.set_yticks(range(len(scales)), [f"{s:.2g}" for s in scales])
         for spec, mk in zip(SPECS, "osD^v"):
             if spec.init != "gaussian":
                 continue
-            if spec.mean in st.heat_means and spec.scale in st.heat_scales:
-                i, j = st.heat_means.index(spec.mean), st.heat_scales.index(spec.scale)
+            if spec.mean in means and spec.scale in scales:
+                i, j = means.index(spec.mean), scales.index(spec.scale)
                 ax.plot(i, j, mk, mfc="none", mec="k", ms=12, mew=1.5, label=spec.label)
         ax.set_xlabel("weight mean × fan-in (Yilmaz–Poli: −8)")
         ax.set_ylabel("weight scale s (W = s·N(0, 1/N) + mean/N)")
         ax.set_title(f"log10 first / last layer, {what}")
         fig.colorbar(im, ax=ax)
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(
-        f"Depth-{st.heat_depth} logistic MLPs of width {st.width}, median of {st.heat_seeds} seeds"
-    )
-    fig.tight_layout()
+    if created:
+        fig.suptitle(
+            f"Depth-{depth} logistic MLPs of width {width}, median of {heat.shape[-1]} seeds"
+        )
+        fig.tight_layout()
     return fig
+
+
+def figure_layer_grad_norms(
+    data: Mapping[str, np.ndarray], *, width: int, depth: int, ax: Axes | None = None
+) -> Figure:
+    """Per-layer gradient norms at depth ``depth``, one band per initialisation.
+
+    Args:
+      data: the contents of ``init_study.npz`` (``"layer_grad_norms_depth<depth>/<label>"``
+        arrays ``(seeds, depth + 1)``).
+      width, depth: of the networks (the title; ``depth`` also picks the arrays).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    profiles = _io.with_prefix(data, f"layer_grad_norms_depth{depth}")
+    title = f"Per-layer gradient norm, depth-{depth} width-{width} logistic MLPs"
+    return plots.layer_grad_norms(profiles, title=title, ax=ax)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,23 +494,45 @@ def study(out: Path, st: Settings) -> dict:
         arrays |= {f"{name}/{k}": v for k, v in data[name].items()}
     arrays |= {f"layer_grad_norms_depth{st.heat_depth}/{k}": v for k, v in data["profiles"].items()}
     _io.save_npz(arrays, out / "init_study.npz")
-    _io.save_figure(_heatmap_fig(st, data["log10_ratio"]), out / "grad_ratio_heatmap.png")
-    _io.save_figure(
-        _ratio_fig(st, data["log10_ratio"], data["log10_state_ratio"]),
-        out / "grad_ratio_vs_depth.png",
-    )
-    _io.save_figure(
-        _lyapunov_fig(st, data["lyapunov"], data["chi1"], chi1_mf), out / "lyapunov_chi1.png"
-    )
-    _io.save_figure(
-        _mean_scale_fig(st, data["heat"], data["heat_state"]), out / "mean_scale_heatmap.png"
-    )
-    if data["profiles"]:
-        title = f"Per-layer gradient norm, depth-{st.heat_depth} width-{st.width} logistic MLPs"
-        fig = plots.layer_grad_norms(data["profiles"], title=title)
-        _io.save_figure(fig, out / "layer_grad_norms.png")
+    for name, fig in _figures(arrays, st.width, st.heat_depth, chi1_mf).items():
+        _io.save_figure(fig, out / f"{name}.png")
     _io.save_json(summary, out / "summary.json")
     return summary
+
+
+def _figures(arrays, width: int, heat_depth: int, chi1_mf) -> dict[str, Figure]:
+    figs = {
+        "grad_ratio_heatmap": figure_grad_ratio_heatmap(arrays, width=width),
+        "grad_ratio_vs_depth": figure_grad_ratio_vs_depth(arrays, width=width),
+        "lyapunov_chi1": figure_lyapunov_chi1(arrays, chi1_mean_field=chi1_mf),
+        "mean_scale_heatmap": figure_mean_scale_heatmap(arrays, width=width, depth=heat_depth),
+    }
+    # the profiles exist when heat_depth is among the depths
+    if _io.with_prefix(arrays, f"layer_grad_norms_depth{heat_depth}"):
+        figs["layer_grad_norms"] = figure_layer_grad_norms(arrays, width=width, depth=heat_depth)
+    return figs
+
+
+def figures(out_dir) -> dict[str, Figure]:
+    """Redraws every figure of :func:`run` from the numbers it saved in ``out_dir/init_study``.
+
+    Args:
+      out_dir: the directory given to :func:`run` (for :func:`study`, the parent of its
+        ``out``).
+
+    Returns:
+      ``{file stem: Figure}``, the stems of the PNG/PDF files :func:`study` wrote.
+    """
+    out = Path(out_dir) / NAME
+    summary = _io.load_json(out / "summary.json")
+    st = summary["settings"]
+    chi1_mf = {
+        label: v["chi1_mean_field"]
+        for label, v in summary["per_init"].items()
+        if "chi1_mean_field" in v
+    }
+    arrays = _io.load_npz(out / "init_study.npz")
+    return _figures(arrays, st["width"], st["heat_depth"], chi1_mf)
 
 
 def run(out_dir, *, full: bool = False) -> dict:

@@ -12,14 +12,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from gradflow import init, jacobians, meanfield, models, theory
+from gradflow import init, jacobians, meanfield, models, plots, theory
 from gradflow.chain import trajectory
 from gradflow.experiments import _io
 
@@ -150,11 +153,29 @@ def measured_log_chi1(st: Settings, key) -> dict:
     return {"sigma_w2": sw**2, "sigma_b2": sb**2, "log_chi1": est, "theory_log_chi1": theory_at}
 
 
-def _phase_figure(pd: dict, meas: dict, st: Settings):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.2, 5.6))
+def figure_phase_diagram(
+    data: Mapping[str, np.ndarray], *, width: int, depth: int, ax: Axes | None = None
+) -> Figure:
+    """Figure (a): the tanh phase diagram, log χ₁ over (σ_w², σ_b²), with finite nets over it.
+
+    Args:
+      data: the contents of ``phase_diagram.npz``: theory ``sigma_w2`` ``(G,)``, ``sigma_b2``
+        ``(G,)``, ``log_chi1`` ``(G, G)`` (rows σ_b²), the edge of chaos ``critical_sigma_w2``,
+        ``critical_sigma_b2`` ``(C,)``; measured ``measured_sigma_w2``, ``measured_sigma_b2``
+        ``(B, W)`` and ``measured_log_chi1`` ``(B, W, seeds)`` (:func:`measured_log_chi1`).
+      width, depth: of the measured networks (for the legend).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    pd = data
+    meas = {k.removeprefix("measured_"): v for k, v in data.items() if k.startswith("measured_")}
+    created = ax is None
+    fig, ax = plots.new_axes(ax, figsize=(8.2, 5.6))
     vmax = float(np.max(np.abs(pd["log_chi1"])))
-    extent = (*st.sw2_range, *st.sb2_range)
+    sw2, sb2 = np.asarray(pd["sigma_w2"]), np.asarray(pd["sigma_b2"])
+    extent = (float(sw2[0]), float(sw2[-1]), float(sb2[0]), float(sb2[-1]))
     im = ax.imshow(
         pd["log_chi1"],
         origin="lower",
@@ -196,7 +217,7 @@ def _phase_figure(pd: dict, meas: dict, st: Settings):
         "o",
         ms=3,
         color="dimgray",
-        label=f"finite nets (width {st.chi_width}, depth {st.chi_depth})",
+        label=f"finite nets (width {width}, depth {depth})",
     )
     ax.plot(
         [],
@@ -213,7 +234,8 @@ def _phase_figure(pd: dict, meas: dict, st: Settings):
     ax.set_ylabel(r"bias variance $\sigma_b^2$")
     ax.set_title(r"tanh phase diagram: $\chi_1 = \sigma_w^2\,\mathbb{E}[\phi'(\sqrt{q^*}z)^2]$")
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
@@ -312,13 +334,29 @@ def signal_propagation(st: Settings, key) -> dict:
     return out
 
 
-def _propagation_figure(prop: dict, st: Settings):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
+def figure_signal_propagation(
+    data: Mapping[str, np.ndarray], *, width: int, seeds: int, axes=None
+) -> Figure:
+    """Figure (b): q^l and c^l through depth, finite networks against the mean-field maps.
+
+    Args:
+      data: the contents of ``signal_propagation.npz``: for each regime of
+        :data:`PROPAGATION` (``"ordered"``, ``"critical"``, ``"chaotic"``), ``"<regime>/q"`` and
+        ``"<regime>/c"`` ``(samples, L, len(STARTS))``, ``"<regime>/q_theory"`` and
+        ``"<regime>/c_theory"`` ``(L, len(STARTS))``, and the scalar ``"<regime>/sigma_w2"``.
+      width, seeds: of the networks (for the legend).
+      axes: 2 axes, for q^l and c^l (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    prop = _io.by_label(data)
+    created = axes is None
+    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(11.5, 4.4))
     colors = {"ordered": "tab:blue", "critical": "k", "chaotic": "tab:red"}
     styles = ("-", "--")
-    layers = np.arange(1, st.prop_depth + 1)
     for label, r in prop.items():
+        layers = np.arange(1, r["q"].shape[1] + 1)
         col = colors[label]
         for i in range(len(STARTS)):
             q, c = r["q"][:, :, i], r["c"][:, :, i]  # (samples, L)
@@ -350,7 +388,7 @@ def _propagation_figure(prop: dict, st: Settings):
         [],
         "o",
         color="gray",
-        label=f"width-{st.prop_width} nets (mean ± sd, {st.prop_seeds} seeds × {PAIRS} pairs)",
+        label=f"width-{width} nets (mean ± sd, {seeds} seeds × {PAIRS} pairs)",
     )
     axes[0].plot([], [], "-", color="gray", label="mean-field maps")
     axes[0].set_yscale("log")
@@ -366,12 +404,13 @@ def _propagation_figure(prop: dict, st: Settings):
     axes[1].set_ylim(-0.05, 1.05)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(
+    title = (
         rf"tanh, $\sigma_b^2$ = {SIGMA_B2}: two input pairs (solid: $q^1$ = {STARTS[0][0]}, "
-        rf"$c^1$ = {STARTS[0][1]}; dashed: $q^1$ = {STARTS[1][0]}, $c^1$ = {STARTS[1][1]})",
-        fontsize=10,
+        rf"$c^1$ = {STARTS[0][1]}; dashed: $q^1$ = {STARTS[1][0]}, $c^1$ = {STARTS[1][1]})"
     )
-    fig.tight_layout()
+    if created:
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
     return fig
 
 
@@ -441,9 +480,27 @@ def jacobian_spectra(st: Settings, key) -> dict:
     return out
 
 
-def _spectra_figure(spec: dict, st: Settings):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), sharey=True)
+def figure_jacobian_spectra(
+    data: Mapping[str, np.ndarray], *, width: int, depth: int, seeds: int, q_star: float, axes=None
+) -> Figure:
+    """Figure (c): squared singular values of ∂h_L/∂h_1 at criticality against free probability.
+
+    Args:
+      data: the contents of ``jacobian_spectra.npz``: for ``<net>`` in ``"tanh/gaussian"``,
+        ``"tanh/orthogonal"``, ``"ReLU/gaussian"``, ``"ReLU/orthogonal"``:
+        ``"<net>/log_lambda"`` and ``"<net>/resolved"`` ``(seeds · width,)``, the prediction
+        ``"<net>/grid"`` and ``"<net>/density"`` ``(500,)``, its ``"<net>/variance"``, and the
+        scalars ``"<net>/sigma_w2"``, ``"<net>/sigma_b2"``.
+      width, depth, seeds: of the networks (for the titles).
+      q_star: the tanh nets' q* (for the title).
+      axes: 2 axes, tanh then ReLU (default: a new figure with a shared y axis).
+
+    Returns:
+      The Figure drawn into.
+    """
+    spec = _io.by_label(data)
+    created = axes is None
+    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(11.5, 4.4), sharey=True)
     colors = {"gaussian": "tab:orange", "orthogonal": "tab:blue"}
     for ax, act in zip(axes, ("tanh", "ReLU")):
         for weights in theory.WEIGHTS:
@@ -481,7 +538,7 @@ def _spectra_figure(spec: dict, st: Settings):
         if act == "ReLU":
             title += "\n(atom of mass ½ at λ = 0 not shown)"
         else:
-            title += rf", $q^*$ = {st.tanh_q_star:g}"
+            title += rf", $q^*$ = {q_star:g}"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(
             r"$\log_{10}\lambda$, $\lambda$ = squared singular value of $\partial h_L/\partial h_1$"
@@ -492,12 +549,12 @@ def _spectra_figure(spec: dict, st: Settings):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel(r"density of $\log_{10}\lambda$")
-    fig.suptitle(
-        f"Dynamical isometry: L = {st.spec_depth - 1} layers, width {st.spec_width}, "
-        f"{st.spec_seeds} seeds",
-        fontsize=10,
-    )
-    fig.tight_layout()
+    if created:
+        fig.suptitle(
+            f"Dynamical isometry: L = {depth - 1} layers, width {width}, {seeds} seeds",
+            fontsize=10,
+        )
+        fig.tight_layout()
     return fig
 
 
@@ -518,9 +575,21 @@ def depth_scales(st: Settings) -> dict:
     return out
 
 
-def _depth_figure(xi: dict):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.2, 5.0))
+def figure_depth_scales(data: Mapping[str, np.ndarray], *, ax: Axes | None = None) -> Figure:
+    """Figure (d): the depth scales ξ_c, 6 ξ_c and ξ_q of tanh networks against σ_w².
+
+    Args:
+      data: the contents of ``depth_scales.npz``: ``sigma_w2`` ``(P,)`` and, for each σ_b² of
+        :data:`XI_SIGMA_B2`, ``"xi_c/<σ_b²>"``, ``"xi_q/<σ_b²>"`` ``(P,)`` and the scalar
+        ``"critical/<σ_b²>"`` (:func:`depth_scales`).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    xi = data
+    created = ax is None
+    fig, ax = plots.new_axes(ax, figsize=(8.2, 5.0))
     colors = ("tab:green", "k", "tab:purple")
     sw2 = xi["sigma_w2"]
     for sb2, col in zip(XI_SIGMA_B2, colors):
@@ -557,20 +626,12 @@ def _depth_figure(xi: dict):
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7.5, ncol=2, loc="upper left")
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def run(out_dir, *, full: bool = False) -> dict:
@@ -582,26 +643,27 @@ def run(out_dir, *, full: bool = False) -> dict:
 
     pd = phase_diagram(st)
     meas = measured_log_chi1(st, k_chi)
-    _io.save_npz(pd | {f"measured_{k}": v for k, v in meas.items()}, out / "phase_diagram.npz")
-    _io.save_figure(_phase_figure(pd, meas, st), out / "phase_diagram.png")
+    arrays = pd | {f"measured_{k}": v for k, v in meas.items()}
+    _io.save_npz(arrays, out / "phase_diagram.npz")
+    _io.save_figure(
+        figure_phase_diagram(arrays, **_sizes(st)["phase_diagram"]), out / "phase_diagram.png"
+    )
 
     prop = signal_propagation(st, k_prop)
-    _io.save_npz(
-        {f"{label}/{k}": v for label, r in prop.items() for k, v in r.items()},
-        out / "signal_propagation.npz",
-    )
-    _io.save_figure(_propagation_figure(prop, st), out / "signal_propagation.png")
+    arrays = {f"{label}/{k}": v for label, r in prop.items() for k, v in r.items()}
+    _io.save_npz(arrays, out / "signal_propagation.npz")
+    fig = figure_signal_propagation(arrays, **_sizes(st)["signal_propagation"])
+    _io.save_figure(fig, out / "signal_propagation.png")
 
     spec = jacobian_spectra(st, k_spec)
-    _io.save_npz(
-        {f"{label}/{k}": v for label, r in spec.items() for k, v in r.items()},
-        out / "jacobian_spectra.npz",
-    )
-    _io.save_figure(_spectra_figure(spec, st), out / "jacobian_spectra.png")
+    arrays = {f"{label}/{k}": v for label, r in spec.items() for k, v in r.items()}
+    _io.save_npz(arrays, out / "jacobian_spectra.npz")
+    fig = figure_jacobian_spectra(arrays, **_sizes(st)["jacobian_spectra"])
+    _io.save_figure(fig, out / "jacobian_spectra.png")
 
     xi = depth_scales(st)
     _io.save_npz(xi, out / "depth_scales.npz")
-    _io.save_figure(_depth_figure(xi), out / "depth_scales.png")
+    _io.save_figure(figure_depth_scales(xi), out / "depth_scales.png")
 
     med = np.median(meas["log_chi1"], axis=-1)
     summary = {
@@ -644,3 +706,39 @@ def run(out_dir, *, full: bool = False) -> dict:
     }
     _io.save_json(summary, out / "summary.json")
     return summary
+
+
+def _sizes(st) -> dict[str, dict]:
+    """The settings each figure prints, from :class:`Settings` or its saved dict."""
+    st = st if isinstance(st, Mapping) else st._asdict()
+    return {
+        "phase_diagram": {"width": st["chi_width"], "depth": st["chi_depth"]},
+        "signal_propagation": {"width": st["prop_width"], "seeds": st["prop_seeds"]},
+        "jacobian_spectra": {
+            "width": st["spec_width"],
+            "depth": st["spec_depth"],
+            "seeds": st["spec_seeds"],
+            "q_star": st["tanh_q_star"],
+        },
+        "depth_scales": {},
+    }
+
+
+def figures(out_dir) -> dict[str, Figure]:
+    """Redraws every figure of :func:`run` from the numbers it saved in ``out_dir/meanfield``.
+
+    Args:
+      out_dir: the directory given to :func:`run`.
+
+    Returns:
+      ``{file stem: Figure}``, the stems of the PNG/PDF files :func:`run` wrote.
+    """
+    out = Path(out_dir) / NAME
+    sizes = _sizes(_io.load_json(out / "summary.json")["settings"])
+    draw = {
+        "phase_diagram": figure_phase_diagram,
+        "signal_propagation": figure_signal_propagation,
+        "jacobian_spectra": figure_jacobian_spectra,
+        "depth_scales": figure_depth_scales,
+    }
+    return {k: f(_io.load_npz(out / f"{k}.npz"), **sizes[k]) for k, f in draw.items()}

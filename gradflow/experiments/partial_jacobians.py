@@ -16,11 +16,14 @@ maps and measured exponents as points, and measured against theory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from gradflow import matfree, meanfield, plots
 from gradflow.experiments import _io
@@ -32,7 +35,7 @@ DESCRIPTION = (
     "(σ_w, σ_b) vs a plain MLP's χ₁ phase boundary (Doshi, He & Gromov 2023)"
 )
 
-__all__ = ["run"]
+__all__ = ["run", "figure_power_laws", "figure_phase_diagram", "figures"]
 
 
 def _slope(x, y, axis=-1):
@@ -82,7 +85,7 @@ def _power_law_section(out: Path, cfg: dict) -> dict:
     ]
     depth, ls = cfg["depth"], np.arange(1, cfg["depth"] + 1)
     window = ls >= depth // 4  # fit the exponent where the O(1/l) corrections are small
-    measured, theory, summary, arrays = {}, {}, {}, {"l": ls}
+    zetas, summary, arrays = {}, {}, {"l": ls}
     for act in ("tanh", "relu"):
         grid = [(sw, sb) for a, sw, sb in settings if a == act]
         meas, rel, prod = _measure(
@@ -96,13 +99,12 @@ def _power_law_section(out: Path, cfg: dict) -> dict:
         )
         for i, (sw, sb) in enumerate(grid):
             zeta = float(meanfield.residual_ln_zeta(act, sw**2, sb**2))
-            label = rf"{act}, $\sigma_w$={sw:g}, $\sigma_b$={sb:g} ($\zeta$ = {zeta:.2f})"
             # E var(h^0) = 1 − 1/N for h^0 ~ N(0, I_N)
             mf = meanfield.residual_ln_layers(act, sw**2, sb**2, 1.0 - 1.0 / cfg["width"], depth)
             mf_log = np.asarray(mf.log_apjn[1:], np.float64)
             slopes = np.asarray(_slope(jnp.log(ls[window]), meas[i][:, window]))
-            measured[label], theory[label] = meas[i], mf_log
             key = f"{act}_sw{sw:g}_sb{sb:g}"
+            zetas[key] = zeta
             arrays |= {f"{key}/measured": meas[i], f"{key}/product": prod[i], f"{key}/mf": mf_log}
             summary[key] = {
                 "zeta_theory": zeta,
@@ -116,11 +118,7 @@ def _power_law_section(out: Path, cfg: dict) -> dict:
                 "max_rel_std_err": float(np.max(rel[i])),
             }
     _io.save_npz(arrays, out / "power_laws.npz")
-    title = (
-        f"Partial Jacobian norm $J^{{0,l}}$ of pre-LN residual nets (width {cfg['width']}, "
-        f"{cfg['seeds']} seeds, {cfg['samples']} probes)"
-    )
-    fig = plots.partial_jacobian_power_laws(ls, measured, theory, title=title)
+    fig = figure_power_laws(arrays, zeta=zetas, **_sizes(cfg)["power_laws"])
     _io.save_figure(fig, out / "power_laws.png")
     return summary
 
@@ -169,38 +167,21 @@ def _phase_section(out: Path, cfg: dict) -> dict:
     )
     log_chi_theory = np.log(np.asarray(meanfield.chi1(act, psw**2, psb**2)))
 
-    _io.save_npz(
-        {
-            "sigma_w_axis": sw_axis,
-            "sigma_b_axis": sb_axis,
-            "zeta_map": zeta_map,
-            "chi1_map": chi_map,
-            "points_sigma_w": psw,
-            "points_sigma_b": psb,
-            "zeta_measured": zeta_meas,
-            "zeta_theory_window": zeta_window,
-            "zeta_theory": zeta_points,
-            "log_chi1_measured": log_chi_meas,
-            "log_chi1_theory": log_chi_theory,
-        },
-        out / "phase_diagram.npz",
-    )
-    fig = plots.partial_jacobian_phase_diagram(
-        sw_axis,
-        sb_axis,
-        zeta_map,
-        np.log(chi_map),
-        psw,
-        psb,
-        zeta_meas,
-        zeta_window,
-        log_chi_meas,
-        log_chi_theory,
-        title=(
-            f"{act}: residual LN nets are critical everywhere, plain MLPs only on χ₁ = 1 "
-            f"(width {cfg['width']}, depths {depth} / {plain_depth})"
-        ),
-    )
+    arrays = {
+        "sigma_w_axis": sw_axis,
+        "sigma_b_axis": sb_axis,
+        "zeta_map": zeta_map,
+        "chi1_map": chi_map,
+        "points_sigma_w": psw,
+        "points_sigma_b": psb,
+        "zeta_measured": zeta_meas,
+        "zeta_theory_window": zeta_window,
+        "zeta_theory": zeta_points,
+        "log_chi1_measured": log_chi_meas,
+        "log_chi1_theory": log_chi_theory,
+    }
+    _io.save_npz(arrays, out / "phase_diagram.npz")
+    fig = figure_phase_diagram(arrays, **_sizes(cfg)["phase_diagram"])
     _io.save_figure(fig, out / "phase_diagram.png")
     return {
         "activation": act,
@@ -231,3 +212,119 @@ def run(out_dir, *, full: bool = False) -> dict:
     summary["phase_diagram"] = _phase_section(out, cfg)
     _io.save_json(summary, out / "summary.json")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures, from the numbers run() saves (so figures() can redraw them from the files)
+
+
+def figure_power_laws(
+    data: Mapping[str, np.ndarray],
+    *,
+    zeta: Mapping[str, float],
+    width: int,
+    seeds: int,
+    samples: int,
+    ax: Axes | None = None,
+) -> Figure:
+    """J^{0,l} of pre-LN residual nets against l (log-log), the mean-field product dashed.
+
+    Args:
+      data: the contents of ``power_laws.npz``: layers ``l`` ``(L,)`` and, per network
+        ``<key>`` = ``<activation>_sw<σ_w>_sb<σ_b>``, natural-log APJNs ``"<key>/measured"``
+        ``(seeds, L)`` and the mean-field prediction ``"<key>/mf"`` ``(L,)``.
+      zeta: ``<key>`` -> the exponent ζ of the network (for the legend).
+      width, seeds, samples: of the measurement (for the title).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    measured, theory = {}, {}
+    for key, fields in _io.by_label({k: v for k, v in data.items() if "/" in k}).items():
+        act, rest = key.split("_sw", 1)
+        sw, sb = rest.split("_sb", 1)
+        label = rf"{act}, $\sigma_w$={sw}, $\sigma_b$={sb} ($\zeta$ = {zeta[key]:.2f})"
+        measured[label], theory[label] = fields["measured"], fields["mf"]
+    title = (
+        f"Partial Jacobian norm $J^{{0,l}}$ of pre-LN residual nets (width {width}, "
+        f"{seeds} seeds, {samples} probes)"
+    )
+    return plots.partial_jacobian_power_laws(data["l"], measured, theory, title=title, ax=ax)
+
+
+def figure_phase_diagram(
+    data: Mapping[str, np.ndarray],
+    *,
+    activation: str,
+    width: int,
+    depth: int,
+    plain_depth: int,
+    axes=None,
+) -> Figure:
+    """ζ and log χ₁ over (σ_w, σ_b), theory maps with measured points, and measured vs theory.
+
+    Args:
+      data: the contents of ``phase_diagram.npz``: the map axes ``sigma_w_axis`` ``(nw,)``,
+        ``sigma_b_axis`` ``(nb,)``; theory maps ``zeta_map``, ``chi1_map`` ``(nb, nw)``; the
+        measured points ``points_sigma_w``, ``points_sigma_b``, ``zeta_measured``,
+        ``zeta_theory_window``, ``log_chi1_measured``, ``log_chi1_theory`` ``(P,)``.
+      activation, width: of the networks (for the title).
+      depth, plain_depth: of the residual and of the plain nets (for the title).
+      axes: 3 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    return plots.partial_jacobian_phase_diagram(
+        data["sigma_w_axis"],
+        data["sigma_b_axis"],
+        data["zeta_map"],
+        np.log(data["chi1_map"]),
+        data["points_sigma_w"],
+        data["points_sigma_b"],
+        data["zeta_measured"],
+        data["zeta_theory_window"],
+        data["log_chi1_measured"],
+        data["log_chi1_theory"],
+        title=(
+            f"{activation}: residual LN nets are critical everywhere, plain MLPs only on χ₁ = 1 "
+            f"(width {width}, depths {depth} / {plain_depth})"
+        ),
+        axes=axes,
+    )
+
+
+def _sizes(cfg: Mapping) -> dict[str, dict]:
+    """The configuration each figure prints, from run()'s ``cfg`` (summary.json's ``config``)."""
+    return {
+        "power_laws": {k: cfg[k] for k in ("width", "seeds", "samples")},
+        "phase_diagram": {
+            "activation": cfg["activation"],
+            "width": cfg["width"],
+            "depth": cfg["depth"],
+            "plain_depth": cfg["plain_depth"],
+        },
+    }
+
+
+def figures(out_dir) -> dict[str, Figure]:
+    """Redraws every figure of :func:`run` from the numbers it saved in
+    ``out_dir/partial_jacobians``.
+
+    Args:
+      out_dir: the directory given to :func:`run`.
+
+    Returns:
+      ``{file stem: Figure}``, the stems of the PNG/PDF files :func:`run` wrote.
+    """
+    out = Path(out_dir) / NAME
+    summary = _io.load_json(out / "summary.json")
+    sizes = _sizes(summary["config"])
+    zeta = {k: v["zeta_theory"] for k, v in summary["power_laws"].items()}
+    power = _io.load_npz(out / "power_laws.npz")
+    phase = _io.load_npz(out / "phase_diagram.npz")
+    return {
+        "power_laws": figure_power_laws(power, zeta=zeta, **sizes["power_laws"]),
+        "phase_diagram": figure_phase_diagram(phase, **sizes["phase_diagram"]),
+    }

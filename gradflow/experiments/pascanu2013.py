@@ -19,15 +19,29 @@ arXiv:1211.5063), the dynamical-systems half, with Doya 1993's one-neuron bifurc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 import optax
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from gradflow import activations, dynamics, init, jacobians, lyapunov, models, spectra, theory
+from gradflow import (
+    activations,
+    dynamics,
+    init,
+    jacobians,
+    lyapunov,
+    models,
+    plots,
+    spectra,
+    theory,
+)
 from gradflow.chain import Chain
 from gradflow.experiments import _io
 from gradflow.models.recurrent import RNNStep
@@ -39,6 +53,9 @@ DESCRIPTION = "Doya bifurcations, Pascanu's cliff and clipping, RNN thresholds, 
 # target 1 between the branches) and the plotted window of b.
 CLIFF = {"w": 5.0, "x0": 0.5, "steps": 20, "target": 1.0}
 B_RANGE = (-4.0, -1.0)
+# Figure (a) setting: the slice x ← w σ(x) + b at w = 6 and the one-neuron gradients after T = 50
+# steps from x₀ = 0.
+BIFURCATION = {"w": 6.0, "x0": 0.0, "steps": 50}
 
 # Problem sizes: CPU-sized by default (the whole run takes ~20 s of CPU), paper-sized with --full.
 SIZES = {
@@ -300,40 +317,48 @@ def newman_convergence(n: int, steps: int, key) -> tuple[np.ndarray, np.ndarray]
 # --------------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_bifurcation(w, bs, fixed, saddle, hyst, grads, w_grid, folds_grid):
+def figure_bifurcation(
+    data: Mapping[str, np.ndarray],
+    *,
+    w: float = BIFURCATION["w"],
+    steps: int = BIFURCATION["steps"],
+    x0: float = BIFURCATION["x0"],
+    axes=None,
+) -> Figure:
     """(a) Bifurcation diagram with hysteresis, the cusp, and the one-neuron gradients.
 
     Args:
+      data: the contents of ``bifurcation.npz``: ``b`` ``(M,)`` ascending; the fixed points
+        ``fixed_x``, ``fixed_stable`` ``(M, 3)`` (:func:`gradflow.dynamics.doya_fixed_points`);
+        the saddle-nodes ``saddle_b``, ``saddle_x`` ``(2,)``; the hysteresis sweep's states
+        ``hyst_x_up`` (b ascending) and ``hyst_x_down`` (b descending) ``(M,)``;
+        ∂x_T/∂b and ∂x_T/∂x₀ ``dx_db``, ``dx_dx0`` ``(M,)``; and the bifurcation set
+        ``w_grid`` ``(W,)``, ``fold_b`` ``(W, 2)``.
       w: the self-weight of the slice.
-      bs: array ``(M,)`` of b.
-      fixed: :class:`~gradflow.dynamics.DoyaFixedPoints` on ``bs`` (fields ``(M, 3)``).
-      saddle: :class:`~gradflow.dynamics.DoyaSaddleNodes` at ``w``.
-      hyst: :class:`~gradflow.dynamics.Hysteresis`.
-      grads: dict with ``steps``, ``x0``, ``b_sep`` and arrays ``(M,)`` ``dx_db``, ``dx_dx0``.
-      w_grid: array ``(W,)`` of self-weights > 4; folds_grid: saddle-nodes on it (``b`` ``(W, 2)``).
+      steps, x0: T and x₀ of the gradients (for the title; x₀ also places the separatrix
+        b = x₀ − w σ(x₀)).
+      axes: 3 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
     """
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    bs = np.asarray(data["b"])
+    b_sep = x0 - w / (1 + np.exp(-x0))  # x₀ is a fixed point there: the separatrix
+    created = axes is None
+    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=3, figsize=(16, 4.6))
     ax = axes[0]
-    x, stable = np.asarray(fixed.x), np.asarray(fixed.stable)
+    x, stable = np.asarray(data["fixed_x"]), np.asarray(data["fixed_stable"])
     for slot in range(3):
         ax.plot(bs, np.where(stable[:, slot], x[:, slot], np.nan), "k-", lw=2)
         ax.plot(bs, np.where(~stable[:, slot], x[:, slot], np.nan), "r--", lw=1.5)
     ax.plot([], [], "k-", lw=2, label="stable fixed point")
     ax.plot([], [], "r--", lw=1.5, label="unstable fixed point")
-    sl = slice(None, None, max(1, len(hyst.b_up) // 60))
-    ax.plot(hyst.b_up[sl], hyst.x_up[sl], ">", color="tab:blue", ms=4, label="sweep b up")
-    ax.plot(hyst.b_down[sl], hyst.x_down[sl], "<", color="tab:orange", ms=4, label="sweep b down")
-    ax.plot(saddle.b, saddle.x, "o", mfc="white", mec="k", ms=8, label="saddle-node")
+    sl = slice(None, None, max(1, len(bs) // 60))
+    x_up, x_down = np.asarray(data["hyst_x_up"]), np.asarray(data["hyst_x_down"])
+    ax.plot(bs[sl], x_up[sl], ">", color="tab:blue", ms=4, label="sweep b up")
+    ax.plot(bs[::-1][sl], x_down[sl], "<", color="tab:orange", ms=4, label="sweep b down")
+    saddle_b = np.asarray(data["saddle_b"])
+    ax.plot(saddle_b, data["saddle_x"], "o", mfc="white", mec="k", ms=8, label="saddle-node")
     ax.set_xlabel("bias b")
     ax.set_ylabel("state x")
     ax.set_title(f"x ← {w:g}·σ(x) + b: fixed points and hysteresis")
@@ -341,7 +366,8 @@ def figure_bifurcation(w, bs, fixed, saddle, hyst, grads, w_grid, folds_grid):
     ax.grid(alpha=0.3)
 
     ax = axes[1]
-    lo, hi = np.asarray(folds_grid.b)[:, 0], np.asarray(folds_grid.b)[:, 1]
+    w_grid = np.asarray(data["w_grid"])
+    lo, hi = np.asarray(data["fold_b"])[:, 0], np.asarray(data["fold_b"])[:, 1]
     ax.fill_betweenx(w_grid, lo, hi, color="tab:purple", alpha=0.25, label="3 fixed points")
     ax.plot(lo, w_grid, "k-", lw=1.5, label="saddle-node curves")
     ax.plot(hi, w_grid, "k-", lw=1.5)
@@ -355,32 +381,61 @@ def figure_bifurcation(w, bs, fixed, saddle, hyst, grads, w_grid, folds_grid):
 
     ax = axes[2]
     tiny = np.finfo(np.float64).tiny
-    ax.semilogy(bs, np.maximum(np.abs(grads["dx_db"]), tiny), label=r"$|\partial x_T/\partial b|$")
+    ax.semilogy(bs, np.maximum(np.abs(data["dx_db"]), tiny), label=r"$|\partial x_T/\partial b|$")
     ax.semilogy(
-        bs, np.maximum(np.abs(grads["dx_dx0"]), tiny), label=r"$|\partial x_T/\partial x_0|$"
+        bs, np.maximum(np.abs(data["dx_dx0"]), tiny), label=r"$|\partial x_T/\partial x_0|$"
     )
-    for i, b in enumerate(np.asarray(saddle.b)):
+    for i, b in enumerate(saddle_b):
         ax.axvline(b, color="k", ls=":", lw=1, label="saddle-nodes" if i == 0 else None)
-    ax.axvline(grads["b_sep"], color="r", ls="--", lw=1, label="x₀ on the separatrix")
+    ax.axvline(b_sep, color="r", ls="--", lw=1, label="x₀ on the separatrix")
     ax.set_xlabel("bias b")
     ax.set_ylabel("derivative of $x_T$ (log scale)")
-    ax.set_title(f"T = {grads['steps']} steps from x₀ = {grads['x0']:g}")
+    ax.set_title(f"T = {steps} steps from x₀ = {x0:g}")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
-def figure_cliff(land, clip: ClippingResult, stats, surface, ws, bs2d, traj2d, *, lr, clip_norm):
-    """(b) The cliff, and descent with and without gradient-norm clipping (1-D and 2-D)."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+def figure_cliff(
+    data: Mapping[str, np.ndarray],
+    *,
+    wall: float,
+    learning_rate: float,
+    clip_norm: float,
+    axes=None,
+) -> Figure:
+    """(b) The cliff, and descent with and without gradient-norm clipping (1-D and 2-D).
+
+    Args:
+      data: the contents of ``cliff.npz``: the landscape ``b``, ``loss``, ``grad`` ``(G,)``;
+        the 1-D descents ``b_unclipped``, ``b_clipped``, ``loss_unclipped``, ``loss_clipped``
+        ``(R, S + 1)`` (:class:`ClippingResult`); the surface ``surface`` ``(Wn, Bn)`` over
+        ``surface_w`` ``(Wn,)`` × ``surface_b`` ``(Bn,)``; the 2-D paths ``traj2d_unclipped``,
+        ``traj2d_clipped`` ``(P, S + 1, 2)`` of (w, b).
+      wall: b of the wall (:func:`cliff_wall`).
+      learning_rate, clip_norm: of the descents (for the labels).
+      axes: 3 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    clip = ClippingResult(
+        data["b_unclipped"], data["b_clipped"], data["loss_unclipped"], data["loss_clipped"], wall
+    )
+    stats = clipping_stats(clip)
+    lr, surface = learning_rate, np.asarray(data["surface"])
+    ws, bs2d = np.asarray(data["surface_w"]), np.asarray(data["surface_b"])
+    traj2d = {"unclipped": data["traj2d_unclipped"], "clipped": data["traj2d_clipped"]}
+    created = axes is None
+    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=3, figsize=(17, 4.8))
     ax = axes[0]
-    ax.plot(land.b, land.loss, "k-", lw=1.5, label="L(b)")
+    ax.plot(data["b"], data["loss"], "k-", lw=1.5, label="L(b)")
     ax.set_xlabel("bias b")
     ax.set_ylabel(r"loss $(x_T - \mathrm{target})^2$")
     twin = ax.twinx()
-    twin.semilogy(land.b, np.abs(land.grad), color="tab:red", lw=1, alpha=0.7)
+    twin.semilogy(data["b"], np.abs(data["grad"]), color="tab:red", lw=1, alpha=0.7)
     twin.set_ylabel("|dL/db| (log scale)", color="tab:red")
     ax.axvline(clip.wall, color="tab:red", ls=":", lw=1, label=f"wall b ≈ {clip.wall:.3f}")
     ax.set_title(f"The cliff: w = {CLIFF['w']:g}, x₀ = {CLIFF['x0']:g}, T = {CLIFF['steps']}")
@@ -448,14 +503,32 @@ def figure_cliff(land, clip: ClippingResult, stats, surface, ws, bs2d, traj2d, *
     ax.set_ylabel("self-weight w")
     ax.set_title("Loss surface over (w, b) with descent paths")
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
-def figure_rnn_thresholds(sweeps, steps: int, width: int):
-    """(c) ‖∂x_T/∂x_0‖ and the top exponent against ρ and λ₁, with 1/γ marked."""
-    plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+def figure_rnn_thresholds(
+    data: Mapping[str, np.ndarray], *, width: int, steps: int, axes=None
+) -> Figure:
+    """(c) ‖∂x_T/∂x_0‖ and the top exponent against ρ and λ₁, with 1/γ marked.
+
+    Args:
+      data: the contents of ``rnn_thresholds.npz``: per activation (``"tanh"``,
+        ``"sigmoid"``) ``"<act>/rho"``, ``"<act>/lambda1"``, ``"<act>/log_norm"``,
+        ``"<act>/top_exponent"`` ``(scales, seeds)`` (:func:`rnn_threshold_sweep`).
+      width, steps: of the RNNs (for the titles).
+      axes: ``activations × 2`` axes, row-major (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    sweeps = _io.by_label(data)
+    created = axes is None
+    fig, axes = plots.new_axes_grid(
+        axes, nrows=len(sweeps), ncols=2, figsize=(12, 4.25 * len(sweeps))
+    )
+    axes = np.reshape(axes, (len(sweeps), 2))
     for row, (act, sw) in enumerate(sweeps.items()):
         gamma = activations.get(act).gamma
         for col, (key, ylabel) in enumerate(
@@ -490,16 +563,30 @@ def figure_rnn_thresholds(sweeps, steps: int, width: int):
             ax.set_title(f"{act} RNN (n = {width}, T = {steps}), W ~ s·N(0, 1/n)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
-def figure_order_to_chaos(gains, spectra_, log_rho0: float, width: int, steps: int):
-    """(d) Lyapunov spectra across the order-to-chaos transition."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+def figure_order_to_chaos(data: Mapping[str, np.ndarray], *, steps: int, axes=None) -> Figure:
+    """(d) Lyapunov spectra across the order-to-chaos transition.
+
+    Args:
+      data: the contents of ``order_to_chaos.npz``: ``gains`` ``(G,)``, ``spectra``
+        ``(G, width)`` (each descending, :func:`chaos_spectra`) and the scalar ``log_rho0``,
+        log ρ(W₀) of the unscaled weights.
+      steps: length of the chains (for the title).
+      axes: 2 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    gains, spectra_ = np.asarray(data["gains"]), np.asarray(data["spectra"])
+    log_rho0, width = float(data["log_rho0"]), spectra_.shape[1]
+    created = axes is None
+    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(13, 4.8))
     ax = axes[0]
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     i = np.arange(1, width + 1) / width
     for k, (g, lam) in enumerate(zip(gains, spectra_, strict=True)):
         ax.plot(i, lam, color=cmap(k / max(1, len(gains) - 1)), lw=1.5, label=f"g = {g:.2f}")
@@ -536,16 +623,27 @@ def figure_order_to_chaos(gains, spectra_, log_rho0: float, width: int, steps: i
     ax.set_title("Order (λ_max < 0) to chaos (λ_max > 0)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
-def figure_newman(running, exact):
-    """(e) Finite-time QR exponents converging to Newman's closed form."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+def figure_newman(data: Mapping[str, np.ndarray], *, ax: Axes | None = None) -> Figure:
+    """(e) Finite-time QR exponents converging to Newman's closed form.
+
+    Args:
+      data: the contents of ``lyapunov_newman.npz``: ``running`` ``(K, n)``, the estimates
+        after each step, and ``exact`` ``(n,)`` (:func:`newman_convergence`).
+      ax: axes to draw into (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    running, exact = np.asarray(data["running"]), np.asarray(data["exact"])
+    created = ax is None
+    fig, ax = plots.new_axes(ax, figsize=(7.5, 4.6))
     t = np.arange(1, running.shape[0] + 1)
-    colors = plt.get_cmap("tab10")
+    colors = matplotlib.colormaps["tab10"]
     for i in range(running.shape[1]):
         ax.semilogx(t, running[:, i], color=colors(i % 10), lw=1.2)
         ax.axhline(exact[i], color=colors(i % 10), ls="--", lw=0.8)
@@ -556,7 +654,8 @@ def figure_newman(running, exact):
     ax.set_title(f"Products of {running.shape[1]}×{running.shape[1]} Gaussian matrices, N(0, 1/n)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+    if created:
+        fig.tight_layout()
     return fig
 
 
@@ -564,7 +663,7 @@ def figure_newman(running, exact):
 # run
 # --------------------------------------------------------------------------------------------
 def _bifurcation_section(out: Path, size: dict) -> dict:
-    w, x0, steps = 6.0, 0.0, 50
+    w, x0, steps = BIFURCATION["w"], BIFURCATION["x0"], BIFURCATION["steps"]
     bs = np.linspace(-5.0, -1.0, size["bif_points"])
     with jax.enable_x64(True):
         fixed = dynamics.doya_fixed_points(w, bs)
@@ -580,24 +679,23 @@ def _bifurcation_section(out: Path, size: dict) -> dict:
             "dx_db": np.asarray(trajs.dx_db[:, -1]),
             "dx_dx0": np.asarray(trajs.dx_dx0[:, -1]),
         }
-        fig = figure_bifurcation(w, bs, fixed, saddle, hyst, grads, w_grid, folds)
+        arrays = {
+            "b": bs,
+            "fixed_x": fixed.x,
+            "fixed_stable": fixed.stable,
+            "saddle_b": saddle.b,
+            "saddle_x": saddle.x,
+            "hyst_x_up": hyst.x_up,
+            "hyst_x_down": hyst.x_down,
+            "dx_db": grads["dx_db"],
+            "dx_dx0": grads["dx_dx0"],
+            "w_grid": w_grid,
+            "fold_b": folds.b,
+        }
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        fig = figure_bifurcation(arrays, w=w, steps=steps, x0=x0)
         _io.save_figure(fig, out / "bifurcation.png")
-        _io.save_npz(
-            {
-                "b": bs,
-                "fixed_x": fixed.x,
-                "fixed_stable": fixed.stable,
-                "saddle_b": saddle.b,
-                "saddle_x": saddle.x,
-                "hyst_x_up": hyst.x_up,
-                "hyst_x_down": hyst.x_down,
-                "dx_db": grads["dx_db"],
-                "dx_dx0": grads["dx_dx0"],
-                "w_grid": w_grid,
-                "fold_b": folds.b,
-            },
-            out / "bifurcation.npz",
-        )
+        _io.save_npz(arrays, out / "bifurcation.npz")
         far = np.abs(np.asarray(bs) - grads["b_sep"]) > 0.5
         return {
             "w": w,
@@ -622,25 +720,24 @@ def _cliff_section(out: Path, size: dict) -> dict:
     surface = _cliff_surface(ws, bs2d)
     starts2d = np.array([[6.5, -4.5], [7.5, -4.6], [4.5, -3.5], [5.5, -4.5]], np.float32)
     traj2d = _descents_2d(starts2d, lr, steps, clip_norm)
-    fig = figure_cliff(land, clip, stats, surface, ws, bs2d, traj2d, lr=lr, clip_norm=clip_norm)
+    arrays = {
+        "b": land.b,
+        "loss": land.loss,
+        "grad": land.grad,
+        "b_unclipped": clip.b_unclipped,
+        "b_clipped": clip.b_clipped,
+        "loss_unclipped": clip.loss_unclipped,
+        "loss_clipped": clip.loss_clipped,
+        "surface": surface,
+        "surface_w": ws,
+        "surface_b": bs2d,
+        "traj2d_unclipped": traj2d["unclipped"],
+        "traj2d_clipped": traj2d["clipped"],
+    }
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    fig = figure_cliff(arrays, wall=clip.wall, learning_rate=lr, clip_norm=clip_norm)
     _io.save_figure(fig, out / "cliff.png")
-    _io.save_npz(
-        {
-            "b": land.b,
-            "loss": land.loss,
-            "grad": land.grad,
-            "b_unclipped": clip.b_unclipped,
-            "b_clipped": clip.b_clipped,
-            "loss_unclipped": clip.loss_unclipped,
-            "loss_clipped": clip.loss_clipped,
-            "surface": surface,
-            "surface_w": ws,
-            "surface_b": bs2d,
-            "traj2d_unclipped": traj2d["unclipped"],
-            "traj2d_clipped": traj2d["clipped"],
-        },
-        out / "cliff.npz",
-    )
+    _io.save_npz(arrays, out / "cliff.npz")
     return {
         "setting": {
             **CLIFF,
@@ -666,11 +763,10 @@ def _rnn_section(out: Path, size: dict) -> dict:
     sweeps = {
         a: rnn_threshold_sweep(a, s, width=width, steps=steps, keys=keys) for a, s in scales.items()
     }
-    _io.save_figure(figure_rnn_thresholds(sweeps, steps, width), out / "rnn_thresholds.png")
-    _io.save_npz(
-        {f"{a}/{k}": v for a, sw in sweeps.items() for k, v in sw.items()},
-        out / "rnn_thresholds.npz",
-    )
+    arrays = {f"{a}/{k}": v for a, sw in sweeps.items() for k, v in sw.items()}
+    fig = figure_rnn_thresholds(arrays, width=width, steps=steps)
+    _io.save_figure(fig, out / "rnn_thresholds.png")
+    _io.save_npz(arrays, out / "rnn_thresholds.npz")
     summary = {"width": width, "steps": steps, "seeds": seeds}
     for act, sw in sweeps.items():
         gamma = activations.get(act).gamma
@@ -702,10 +798,9 @@ def _chaos_section(out: Path, size: dict) -> dict:
     lam = chaos_spectra(gains, width=width, steps=steps, discard=discard, key=key)
     w0 = init.gaussian(1.0)(jax.random.split(key)[0], (width, width), jnp.float32)
     log_rho0 = float(np.log(spectra.spectral_radius(w0)))
-    _io.save_figure(
-        figure_order_to_chaos(gains, lam, log_rho0, width, steps), out / "order_to_chaos.png"
-    )
-    _io.save_npz({"gains": gains, "spectra": lam, "log_rho0": log_rho0}, out / "order_to_chaos.npz")
+    arrays = {"gains": gains, "spectra": lam, "log_rho0": np.asarray(log_rho0)}
+    _io.save_figure(figure_order_to_chaos(arrays, steps=steps), out / "order_to_chaos.png")
+    _io.save_npz(arrays, out / "order_to_chaos.npz")
     top = lam[:, 0]
     # Linear interpolation of the first sign change of λ_max from − to +.
     idx = np.nonzero((top[:-1] < 0) & (top[1:] >= 0))[0]
@@ -725,8 +820,9 @@ def _chaos_section(out: Path, size: dict) -> dict:
 def _newman_section(out: Path, size: dict) -> dict:
     n, steps = 8, size["newman_steps"]
     running, exact = newman_convergence(n, steps, jax.random.key(4))
-    _io.save_figure(figure_newman(running, exact), out / "lyapunov_newman.png")
-    _io.save_npz({"running": running, "exact": exact}, out / "lyapunov_newman.npz")
+    arrays = {"running": running, "exact": exact}
+    _io.save_figure(figure_newman(arrays), out / "lyapunov_newman.png")
+    _io.save_npz(arrays, out / "lyapunov_newman.npz")
     return {
         "n": n,
         "steps": steps,
@@ -749,3 +845,34 @@ def run(out_dir, *, full: bool = False) -> dict:
     }
     _io.save_json(summary, out / "summary.json")
     return _io.to_jsonable(summary)
+
+
+def figures(out_dir) -> dict[str, Figure]:
+    """Redraws every figure of :func:`run` from the numbers it saved in ``out_dir/pascanu2013``.
+
+    Args:
+      out_dir: the directory given to :func:`run`.
+
+    Returns:
+      ``{file stem: Figure}``, the stems of the PNG/PDF files :func:`run` wrote.
+    """
+    out = Path(out_dir) / NAME
+    summary = _io.load_json(out / "summary.json")
+    load = lambda name: _io.load_npz(out / f"{name}.npz")  # noqa: E731
+    cliff, rnn = summary["cliff"], summary["rnn_thresholds"]
+    return {
+        "bifurcation": figure_bifurcation(load("bifurcation"), w=summary["bifurcation"]["w"]),
+        "cliff": figure_cliff(
+            load("cliff"),
+            wall=cliff["wall_b"],
+            learning_rate=cliff["setting"]["learning_rate"],
+            clip_norm=cliff["setting"]["clip_norm"],
+        ),
+        "rnn_thresholds": figure_rnn_thresholds(
+            load("rnn_thresholds"), width=rnn["width"], steps=rnn["steps"]
+        ),
+        "order_to_chaos": figure_order_to_chaos(
+            load("order_to_chaos"), steps=summary["order_to_chaos"]["steps"]
+        ),
+        "lyapunov_newman": figure_newman(load("lyapunov_newman")),
+    }

@@ -20,12 +20,14 @@ depths of one seed share weights; the confidence intervals are over seeds, which
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure
 
 from gradflow import attention, jacobians, plots
 from gradflow.chain import trajectory
@@ -57,6 +59,14 @@ class Settings(NamedTuple):
 
 QUICK = Settings(32, 16, 4, 16, 32, 4, 512, 1.0, 64, 32, 8, 16, 2)
 FULL = Settings(64, 32, 8, 64, 96, 16, 4096, 1.0, 256, 32, 8, 32, 2)
+
+COLLAPSE_FLOOR = 1e-15  # figure (a): relative residuals below this are float64 rounding
+XIONG_SLOPES = {"pre-LN": -0.5, "post-LN": 0.0}  # figure (c): Xiong et al. 2020's slopes
+
+
+def uniform_alphas(depth: int) -> dict[str, float]:
+    """Figure (b)'s residual scales α, by label: 1 and 1/√L."""
+    return {"α = 1": 1.0, "α = 1/√L": 1.0 / math.sqrt(depth)}
 
 
 def collapse_configs(depth: int) -> dict[str, dict]:
@@ -246,7 +256,7 @@ def fit_slope(depths, norms) -> SlopeFit:
 def _collapse_section(out: Path, cfg: Settings, sup, key) -> dict:
     # float64: without LayerNorm and with s = 1 the residual stream grows like 2^(l/2) (see the
     # uniform-attention theory), and at depth 96 its attention logits overflow float32.
-    floor = 1e-15  # relative residuals below this are float64 rounding
+    floor = COLLAPSE_FLOOR
     with jax.enable_x64(True):
         sup = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), _first(sup, cfg.seeds))
         xs = jax.random.normal(key, (cfg.seeds, cfg.tokens, cfg.dim), jnp.float64)
@@ -270,23 +280,16 @@ def _collapse_section(out: Path, cfg: Settings, sup, key) -> dict:
             ),
             "first_block_below_1e-3": int(below[0]) if below.size else None,
         }
-    _io.save_npz(
-        {f"token_cosine/{k}": v for k, v in cos.items()}
-        | {f"relative_residual/{k}": v for k, v in rel.items()},
-        out / "token_collapse.npz",
-    )
-    title = (
-        f"Rank collapse at initialisation: depth {cfg.depth}, T = {cfg.tokens}, "
-        f"d = {cfg.dim}, {cfg.heads} heads ({cfg.seeds} seeds)"
-    )
-    fig = plots.token_collapse(cos, rel, floor=floor, title=title)
-    _io.save_figure(fig, out / "token_collapse.png")
+    arrays = {f"token_cosine/{k}": v for k, v in cos.items()}
+    arrays |= {f"relative_residual/{k}": v for k, v in rel.items()}
+    _io.save_npz(arrays, out / "token_collapse.npz")
+    _io.save_figure(figure_token_collapse(arrays, cfg), out / "token_collapse.png")
     return summary
 
 
 def _uniform_section(out: Path, cfg: Settings, key) -> dict:
     depth, s2 = cfg.depth, cfg.sigma_v2
-    alphas = {"α = 1": 1.0, "α = 1/√L": 1.0 / math.sqrt(depth)}
+    alphas = uniform_alphas(depth)
     measured = uniform_attention(list(alphas.values()), s2, cfg, depth, key)
     growth, theory, rel, summary = {}, {}, {}, {}
     for i, (label, a) in enumerate(alphas.items()):
@@ -303,17 +306,10 @@ def _uniform_section(out: Path, cfg: Settings, key) -> dict:
             "max_centred_drift": float(drift.max()),
             "relative_residual_final_median": float(np.median(r[:, -1])),
         }
-    _io.save_npz(
-        {f"growth/{k}": v for k, v in growth.items()}
-        | {f"relative_residual/{k}": v for k, v in rel.items()},
-        out / "uniform_attention.npz",
-    )
-    title = (
-        f"Uniform attention (W_Q = W_K = 0), X ← X + α A X W_V, σ_v² = {s2:g}, "
-        f"d = {cfg.dim}, T = {cfg.tokens}, {cfg.uniform_seeds} seeds"
-    )
-    fig = plots.uniform_attention_growth(growth, theory, rel, bound=math.exp(s2), title=title)
-    _io.save_figure(fig, out / "uniform_attention.png")
+    arrays = {f"growth/{k}": v for k, v in growth.items()}
+    arrays |= {f"relative_residual/{k}": v for k, v in rel.items()}
+    _io.save_npz(arrays, out / "uniform_attention.npz")
+    _io.save_figure(figure_uniform_attention(arrays, cfg), out / "uniform_attention.png")
     return summary
 
 
@@ -337,7 +333,7 @@ def _xiong_section(out: Path, cfg: Settings, sup, key) -> dict:
         summary[label] = {
             "slope": fits[label].slope,
             "slope_ci95": [fits[label].ci_low, fits[label].ci_high],
-            "theory_slope": -0.5 if norm == "pre" else 0.0,
+            "theory_slope": XIONG_SLOPES[label],
             "median_grad_norm": dict(zip(map(str, depths), np.median(norms[label], 0))),
         }
         if norm == "pre":
@@ -349,20 +345,11 @@ def _xiong_section(out: Path, cfg: Settings, sup, key) -> dict:
             # finite-depth slope to expect is that of 1/√(E‖x_L‖²) over the same depths.
             mech = np.polyfit(np.log(depths), -0.5 * np.log(m[depths]), 1)[0]
             summary[label]["slope_of_inverse_stream_norm"] = float(mech)
-    _io.save_npz(
-        {"depths": depths}
-        | {f"grad_norm/{k}": v for k, v in norms.items()}
-        | {f"sq_norm/{k}": v for k, v in sq.items()},
-        out / "gradient_scale.npz",
-    )
-    title = (
-        f"Last-layer FFN gradient at initialisation (Xiong et al. 2020): d = {cfg.dim}, "
-        f"T = {cfg.tokens}, d_ff = d, ReLU, Xavier, {n} seeds"
-    )
-    slopes = {k: (v.slope, v.ci_low, v.ci_high) for k, v in fits.items()}
-    theory = {"pre-LN": -0.5, "post-LN": 0.0}
-    fig = plots.gradient_scale_slopes(depths, norms, slopes, theory, sq["pre-LN"], title=title)
-    _io.save_figure(fig, out / "gradient_scale.png")
+    arrays = {"depths": depths}
+    arrays |= {f"grad_norm/{k}": v for k, v in norms.items()}
+    arrays |= {f"sq_norm/{k}": v for k, v in sq.items()}
+    _io.save_npz(arrays, out / "gradient_scale.npz")
+    _io.save_figure(figure_gradient_scale(arrays, cfg), out / "gradient_scale.png")
     return summary
 
 
@@ -405,16 +392,10 @@ def _jacobian_section(out: Path, cfg: Settings, sup, key) -> dict:
             "log10_sigma_max_mlp_median": float(np.median(top[:, 1::2])),
             "log10_rms_singular_value_dXK_dX0_median": float(np.median(backward[label][:, 0])),
         }
-    kinds = Transformer(depth, d, cfg.heads).step_kinds
-    _io.save_npz(
-        {f"singular_values/{k}": v for k, v in svs.items()}
-        | {f"log10_backward_norm/{k}": v for k, v in backward.items()},
-        out / "sublayer_jacobians.npz",
-    )
-    title = f"Sub-layer Jacobians at initialisation: depth {depth}, T = {t}, d = {d}"
-    ylabel = r"$\log_{10}\,\|\partial X_K/\partial X_k\|_F/\sqrt{n}$ (RMS singular value)"
-    fig = plots.sublayer_jacobian_spectra(svs, kinds, backward, backward_ylabel=ylabel, title=title)
-    _io.save_figure(fig, out / "sublayer_jacobians.png")
+    arrays = {f"singular_values/{k}": v for k, v in svs.items()}
+    arrays |= {f"log10_backward_norm/{k}": v for k, v in backward.items()}
+    _io.save_npz(arrays, out / "sublayer_jacobians.npz")
+    _io.save_figure(figure_sublayer_jacobians(arrays, cfg), out / "sublayer_jacobians.png")
     return summary
 
 
@@ -435,3 +416,138 @@ def run(out_dir, *, full: bool = False) -> dict:
     }
     _io.save_json(summary, out / "summary.json")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures, from the numbers run() saves (so figures() can redraw them from the files). Each takes
+# the figure's .npz contents and the run's Settings (or summary.json's "settings" dict).
+
+
+def _settings(cfg) -> Settings:
+    return cfg if isinstance(cfg, Settings) else Settings(**cfg)
+
+
+def figure_token_collapse(data: Mapping[str, np.ndarray], settings, *, axes=None) -> Figure:
+    """Figure (a): token cosine and relative rank-one residual after every block.
+
+    Args:
+      data: the contents of ``token_collapse.npz``: ``"token_cosine/<label>"`` and
+        ``"relative_residual/<label>"`` arrays ``(seeds, depth + 1)``, one per network of
+        :func:`collapse_configs`.
+      settings: :class:`Settings` (or its dict) of the run (for the title).
+      axes: 2 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    cfg = _settings(settings)
+    title = (
+        f"Rank collapse at initialisation: depth {cfg.depth}, T = {cfg.tokens}, "
+        f"d = {cfg.dim}, {cfg.heads} heads ({cfg.seeds} seeds)"
+    )
+    cos = _io.with_prefix(data, "token_cosine")
+    rel = _io.with_prefix(data, "relative_residual")
+    return plots.token_collapse(cos, rel, floor=COLLAPSE_FLOOR, title=title, axes=axes)
+
+
+def figure_uniform_attention(data: Mapping[str, np.ndarray], settings, *, axes=None) -> Figure:
+    """Figure (b): growth of the token mean under uniform attention against (1 + α²σ_v²)^l.
+
+    Args:
+      data: the contents of ``uniform_attention.npz``: ``"growth/<label>"`` and
+        ``"relative_residual/<label>"`` arrays ``(seeds, depth + 1)`` for the labels of
+        :func:`uniform_alphas`.
+      settings: :class:`Settings` (or its dict) of the run (depth and σ_v² give the theory,
+        :func:`gradflow.attention.uniform_attention_growth`).
+      axes: 2 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    cfg = _settings(settings)
+    s2 = cfg.sigma_v2
+    growth = _io.with_prefix(data, "growth")
+    alphas = uniform_alphas(cfg.depth)
+    theory = {k: attention.uniform_attention_growth(alphas[k], s2, cfg.depth) for k in growth}
+    title = (
+        f"Uniform attention (W_Q = W_K = 0), X ← X + α A X W_V, σ_v² = {s2:g}, "
+        f"d = {cfg.dim}, T = {cfg.tokens}, {cfg.uniform_seeds} seeds"
+    )
+    rel = _io.with_prefix(data, "relative_residual")
+    return plots.uniform_attention_growth(
+        growth, theory, rel, bound=math.exp(s2), title=title, axes=axes
+    )
+
+
+def figure_gradient_scale(data: Mapping[str, np.ndarray], settings, *, axes=None) -> Figure:
+    """Figure (c): ‖∂L/∂W^{2,L}‖_F against depth, fitted slopes against Xiong et al.'s.
+
+    Args:
+      data: the contents of ``gradient_scale.npz``: ``depths`` ``(D,)``,
+        ``"grad_norm/<label>"`` ``(seeds, D)`` for ``pre-LN`` and ``post-LN``, and
+        ``"sq_norm/pre-LN"`` ``(seeds, L + 1)``, the residual stream's ‖x_l‖²/d.
+      settings: :class:`Settings` (or its dict) of the run (for the title).
+      axes: 2 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into (the slopes and their CIs refitted by :func:`fit_slope`).
+    """
+    cfg = _settings(settings)
+    depths = data["depths"]
+    norms = _io.with_prefix(data, "grad_norm")
+    slopes = {k: fit_slope(depths, v)[:3] for k, v in norms.items()}
+    n = next(iter(norms.values())).shape[0]
+    title = (
+        f"Last-layer FFN gradient at initialisation (Xiong et al. 2020): d = {cfg.dim}, "
+        f"T = {cfg.tokens}, d_ff = d, ReLU, Xavier, {n} seeds"
+    )
+    sq = data["sq_norm/pre-LN"]
+    return plots.gradient_scale_slopes(
+        depths, norms, slopes, XIONG_SLOPES, sq, title=title, axes=axes
+    )
+
+
+def figure_sublayer_jacobians(data: Mapping[str, np.ndarray], settings, *, axes=None) -> Figure:
+    """Figure (d): sub-layer Jacobian singular values and the RMS singular value of ∂X_K/∂X_k.
+
+    Args:
+      data: the contents of ``sublayer_jacobians.npz``: ``"singular_values/<label>"``
+        ``(seeds, K, n)`` and ``"log10_backward_norm/<label>"`` ``(seeds, K)`` for ``pre-LN``
+        and ``post-LN``.
+      settings: :class:`Settings` (or its dict) of the run (the title, and the chain's step
+        kinds, attention and MLP alternating).
+      axes: 2 axes (default: a new figure).
+
+    Returns:
+      The Figure drawn into.
+    """
+    cfg = _settings(settings)
+    depth, d, t = cfg.jac_depth, cfg.dim, cfg.jac_tokens
+    kinds = Transformer(depth, d, cfg.heads).step_kinds
+    title = f"Sub-layer Jacobians at initialisation: depth {depth}, T = {t}, d = {d}"
+    ylabel = r"$\log_{10}\,\|\partial X_K/\partial X_k\|_F/\sqrt{n}$ (RMS singular value)"
+    svs = _io.with_prefix(data, "singular_values")
+    backward = _io.with_prefix(data, "log10_backward_norm")
+    return plots.sublayer_jacobian_spectra(
+        svs, kinds, backward, backward_ylabel=ylabel, title=title, axes=axes
+    )
+
+
+def figures(out_dir) -> dict[str, Figure]:
+    """Redraws every figure of :func:`run` from the numbers it saved in ``out_dir/transformers``.
+
+    Args:
+      out_dir: the directory given to :func:`run`.
+
+    Returns:
+      ``{file stem: Figure}``, the stems of the PNG/PDF files :func:`run` wrote.
+    """
+    out = Path(out_dir) / NAME
+    cfg = _settings(_io.load_json(out / "summary.json")["settings"])
+    draw = {
+        "token_collapse": figure_token_collapse,
+        "uniform_attention": figure_uniform_attention,
+        "gradient_scale": figure_gradient_scale,
+        "sublayer_jacobians": figure_sublayer_jacobians,
+    }
+    return {k: f(_io.load_npz(out / f"{k}.npz"), cfg) for k, f in draw.items()}
