@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gradflow import progress
+
 __all__ = [
     "save_figure",
     "save_json",
@@ -53,6 +55,7 @@ def save_json(data, path) -> Path:
     tmp = _atomic_target(path)
     tmp.write_text(json.dumps(to_jsonable(data), indent=1))
     tmp.replace(path)
+    progress.stage(f"wrote {path.name}")  # outputs mark an experiment's stages on the display
     return path
 
 
@@ -62,6 +65,7 @@ def save_npz(arrays: dict, path) -> Path:
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
     tmp.replace(path)
+    progress.stage(f"wrote {path.name}")
     return path
 
 
@@ -91,6 +95,7 @@ def save_figure(fig, path, dpi: int = 120) -> Path:
         raise
     tmp_png.replace(path)
     tmp_pdf.replace(pdf)
+    progress.stage(f"wrote {path.name} and {pdf.name}")
     return path
 
 

@@ -36,7 +36,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from gradflow import gradient_free, gradients, init, models, plots, tasks, train
+from gradflow import gradient_free, gradients, init, models, plots, progress, tasks, train
 from gradflow.chain import Chain, final_state
 from gradflow.experiments import _io
 
@@ -990,8 +990,10 @@ def run(out_dir, *, full: bool = False, config: Config | None = None) -> dict:
     mode = "full" if cfg == FULL else ("quick" if cfg == QUICK else "custom")
     out = Path(out_dir) / NAME
     data = tasks.image_classification()
+    progress.stage("part (a): training the deep MLPs")
     mlp_records, steps = run_mlp(cfg, data)
     mlp_rows = mlp_table(mlp_records, cfg)
+    progress.stage("part (b): training the RNNs on the long-lag tasks")
     rnn_records = run_rnn(cfg)
     rnn_rows = rnn_table(rnn_records)
 
