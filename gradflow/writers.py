@@ -168,7 +168,9 @@ def _flatten_into(out: dict[str, float], prefix: str, value) -> None:
     if isinstance(value, GradStats):
         items = _grad_stats(prefix, value).items()
     elif isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple
-        items = value._asdict().items()
+        # A None field is an optional record that was not asked for (e.g. fit's StepStats
+        # without metrics): nothing to write, unlike a None the caller put in a mapping.
+        items = [(k, v) for k, v in value._asdict().items() if v is not None]
     elif isinstance(value, Mapping):
         items = value.items()
     else:
@@ -193,7 +195,8 @@ def flatten(stats, prefix: str = "") -> dict[str, float]:
     in linear scale, computed from the stored log10 in float64 so that a float32 gradient of
     1e-50 is written as 1e-50, not 0. Mappings and NamedTuples nest with ``/``; leaves are
     numbers or arrays of size 1 (NumPy or JAX, any shape such as ``(1,)``), written as floats
-    (bools as 1.0/0.0).
+    (bools as 1.0/0.0). NamedTuple fields that are None are skipped, so ``fit``'s
+    ``callback(step, stats)`` can pass its ``StepStats`` straight in.
 
     Args:
       stats: a GradStats, or a mapping / NamedTuple whose values are scalars, GradStats or

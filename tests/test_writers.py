@@ -295,3 +295,33 @@ def test_writers_refuse_bad_calls(tmp_path):
     tb.close()
     with pytest.raises(ValueError, match="is closed"):
         tb.write(0, {"a": 1.0})
+
+
+def test_flatten_takes_fits_step_stats():
+    """fit's callback record (a NamedTuple with None for what was not asked) flattens as is."""
+    import optax
+
+    from gradflow import train
+
+    def loss(p, b):
+        return jnp.mean((b[0] @ p["input"]["w"] @ p["readout"]["w"] - b[1]) ** 2)
+
+    params = {"input": {"w": jnp.full((3, 4), 0.1)}, "readout": {"w": jnp.full((4, 1), 0.1)}}
+    rng = np.random.default_rng(0)
+    batches = (rng.normal(size=(4, 8, 3)), rng.normal(size=(4, 8, 1)))
+    batches = jax.tree.map(lambda a: a.astype(np.float32), batches)
+    seen = []
+    res = train.fit(
+        loss,
+        params,
+        batches,
+        optax.sgd(0.1),
+        callback=lambda s, st: seen.append(writers.flatten(st)),
+    )
+    assert len(seen) == 4 and "metrics" not in seen[0] and "state_grad_norms" not in seen[0]
+    # The flattened loss and per-layer norm are the History's numbers for that step.
+    assert seen[2]["loss"] == pytest.approx(float(res.history.loss[2]), rel=1e-6)
+    g = np.asarray(res.history.layer_grad_norms[2])
+    assert [seen[2]["grad_stats/grad_norm/input"], seen[2]["grad_stats/grad_norm/readout"]] == (
+        pytest.approx(g.tolist(), rel=1e-5)  # float32 log10 round trip (see flatten)
+    )
