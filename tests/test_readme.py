@@ -56,3 +56,24 @@ def test_your_own_model_examples_run():
     norms = namespace["norms"]
     assert norms.names[0] == "Embed_0" and norms.names[-1] == "head"
     assert np.all(np.isfinite(np.asarray(namespace["top"].log_values)))
+
+
+def test_monitor_example_runs(tmp_path, monkeypatch):
+    """The "Monitor any training loop" example runs as written and logs what the monitor saw."""
+    import json
+
+    (code,) = _blocks("Monitor any training loop")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(code, namespace)
+    lines = [json.loads(s) for s in (tmp_path / "monitor.jsonl").read_text().splitlines()]
+    assert [d["step"] for d in lines] == [0, 10, 20, 30, 40]
+    # The last read came after step 40's update, so it holds step 40's record, named in forward
+    # order (input first, the stacked hidden layers split: depth 8 is the input layer and 7 hidden
+    # ones, then the readout), and the log holds those numbers.
+    rec = namespace["rec"]
+    assert int(rec.step) == 40 and not bool(rec.nonfinite)
+    assert rec.names[0] == "input" and rec.names[-1] == "readout" and len(rec.names) == 9
+    names = [k.split("/", 1)[1] for k in lines[-1] if k != "step"]
+    assert tuple(names) == tuple(rec.names)
+    np.testing.assert_allclose([lines[-1]["grad_norm/" + n] for n in names], rec.grad_norms)

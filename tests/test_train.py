@@ -610,10 +610,10 @@ import jax, jax.numpy as jnp, numpy as np, optax
 from gradflow import train
 steps = int(sys.argv[1])
 rng = np.random.default_rng(0)
-xs = rng.standard_normal((64, 32, 8)).astype(np.float32)
-ys = rng.standard_normal((64, 32, 1)).astype(np.float32)
+xs = rng.standard_normal((64, 128, 32)).astype(np.float32)
+ys = rng.standard_normal((64, 128, 1)).astype(np.float32)
 k1, k2 = jax.random.split(jax.random.key(0))
-params = {"input": 0.3 * jax.random.normal(k1, (8, 16)),
+params = {"input": 0.3 * jax.random.normal(k1, (32, 16)),
           "readout": 0.3 * jax.random.normal(k2, (16, 1))}
 loss = lambda p, b: jnp.mean((jnp.tanh(b[0] @ p["input"]) @ p["readout"] - b[1]) ** 2)
 batches = ((xs[t % 64], ys[t % 64]) for t in range(steps))
@@ -627,12 +627,13 @@ print(int(peak.split()[1]) / 1024)
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM (Linux)")
 def test_streamed_fit_memory_does_not_grow_with_steps():
-    """10^4 and 10^5 streamed steps reach the same peak RSS (measured 365 vs 364 MiB).
+    """10^4 and 10^5 streamed steps reach the same peak RSS, within allocator noise.
 
-    Margin 20 MiB: the 9·10^4 extra steps add ~1 MB of History (a float32 loss per step, held
-    about three times while it is assembled, and 900 monitored rows), plus allocator noise
-    (< 1 MiB between runs here); holding the batches instead, as a stacked pytree does, would
-    add 9·10^4 × 1152 B ≈ 100 MiB (the stacked run measured +197 MiB).
+    Each batch is 128 × (32 + 1) float32 = 16.9 kB, so holding the 9·10^4 extra batches, as a
+    stacked pytree does, would add ≈ 1.5 GB. A streamed run holds only one segment's batches and
+    ~1 MB more History. Margin 100 MiB: peak RSS of one run varies by ±15 MiB between runs of the
+    same size here (7 runs of 10^4 … 3·10^5 steps: 374–398 MiB, not growing with steps) and a CI
+    run once measured +25 MiB; 100 MiB is still 15× below what retaining the batches costs.
     """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -645,7 +646,7 @@ def test_streamed_fit_memory_does_not_grow_with_steps():
         return float(out.stdout.split()[-1])
 
     small, large = peak(10_000), peak(100_000)
-    assert large - small < 20.0, (small, large)
+    assert large - small < 100.0, (small, large)
 
 
 def test_endless_iterator_stops_at_steps(key):
