@@ -170,6 +170,3 @@ def test_errors_name_the_argument():
     vector = Chain(None, None, jnp.ones(3), lambda _, h, __: h, 2, shared=True)
     with pytest.raises(ValueError, match="token matrix"):
         attention.chain_token_stats(vector)
-    grow = Layer(None, None, lambda _, h, __: jnp.ones((5, 3)), "grow")
-    with pytest.raises(ValueError, match="states of one shape"):
-        trajectory(Segmented(h0=jnp.ones((4, 3)), segments=(grow,)))

@@ -1,10 +1,12 @@
 """Chains of maps along depth and time, and the adapters that build them from any model.
 
 See :mod:`gradflow.chain.core` for the two forms (:class:`Chain`, :class:`Segmented`) and
-:mod:`gradflow.chain.adapters` for ``from_layers``, ``from_module``, ``from_cell``, ``from_nnx``.
+:mod:`gradflow.chain.adapters` for how ``from_layers`` (:mod:`~gradflow.chain.sequence`),
+``from_module`` (:mod:`~gradflow.chain.linen`), ``from_nnx`` (:mod:`~gradflow.chain.nnx`) and
+``from_cell`` (:mod:`~gradflow.chain.cells`) turn a model into a chain.
 """
 
-from gradflow.chain.adapters import from_cell, from_layers, from_module, from_nnx
+from gradflow.chain.cells import from_cell
 from gradflow.chain.core import (
     Chain,
     Layer,
@@ -18,6 +20,9 @@ from gradflow.chain.core import (
     state_shapes,
     trajectory,
 )
+from gradflow.chain.linen import from_module
+from gradflow.chain.nnx import from_nnx
+from gradflow.chain.sequence import from_layers
 
 __all__ = [
     "Chain",
