@@ -2,20 +2,69 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["positive_int", "check_finite", "as_float_array", "default_float"]
+__all__ = [
+    "integer",
+    "positive_int",
+    "nonnegative_int",
+    "names_or_none",
+    "check_finite",
+    "floating",
+    "as_float",
+    "as_float_array",
+    "as_matrices",
+    "default_float",
+    "check_chain",
+]
+
+
+def _is_int(value) -> bool:
+    # bool is an int subclass, but True as a depth or a step count is a bug, not a 1.
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def integer(name: str, value) -> int:
+    """Returns ``value`` as an int, or raises TypeError naming ``name`` if it is not an integer."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:
     """Returns ``value`` as an int, or raises naming ``name`` if it is not an integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = integer(name, value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def nonnegative_int(name: str, value) -> int:
+    """A count >= 0 (a depth, a number of layers); ValueError naming ``name`` for anything else.
+
+    Unlike :func:`positive_int` a non-integer is a ValueError too: the mean-field and attention
+    recursions have always reported both cases with one message.
+    """
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
+
+
+def names_or_none(name: str, value, what: str = "names") -> tuple[str, ...] | None:
+    """A sequence of names (not a single string) as a tuple of str, or None; TypeError otherwise.
+
+    ``what`` says what the names name in the message (e.g. ``"group names"``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of {what} or None, got {value!r}")
+    return tuple(str(v) for v in value)
 
 
 def _is_concrete(x) -> bool:
@@ -33,6 +82,57 @@ def check_finite(name: str, tree) -> None:
                 raise ValueError(f"{name}{where} contains non-finite values (NaN or inf)")
 
 
+def floating(x) -> jax.Array:
+    """``x`` as a JAX array, integers and bools cast to :func:`default_float` (floats kept)."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(default_float())
+
+
+def as_float(name: str, x, *, minimum=None, strict=False, maximum=None) -> jax.Array:
+    """A real number or array as a floating array; raises naming ``name`` for a bad concrete value.
+
+    Concrete values must be real and finite (``maximum=inf`` allows +inf) and lie in
+    [minimum, maximum] (``strict``: above ``minimum``); traced values pass unchecked.
+
+    Args:
+      name: the argument's name, for the messages.
+      x: a number or an array of any shape.
+      minimum: lower bound, or None.
+      strict: whether ``minimum`` itself is excluded.
+      maximum: upper bound, or None.
+
+    Returns:
+      Array of ``x``'s shape (:func:`floating`).
+
+    Raises:
+      TypeError: for a non-numeric or complex value.
+      ValueError: for a NaN, an infinity or a value out of range.
+    """
+    if _is_concrete(x):
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - message path
+            raise TypeError(f"{name} must be a number or an array, got {type(x).__name__}") from exc
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+        ):
+            raise TypeError(f"{name} must be a real number or array, got {arr.dtype}")
+        if np.iscomplexobj(arr):
+            raise TypeError(f"{name} must be real, got a complex value")
+        bad = ~np.isfinite(arr) if maximum is None or np.isfinite(maximum) else np.isnan(arr)
+        if minimum is not None:
+            bad = bad | ((arr <= minimum) if strict else (arr < minimum))
+        if maximum is not None:
+            bad = bad | (arr > maximum)
+        if np.any(bad):
+            lo = "" if minimum is None else (f"> {minimum}" if strict else f">= {minimum}")
+            hi = "" if maximum is None else f"<= {maximum}"
+            want = " and ".join(s for s in (lo, hi) if s) or "finite"
+            shown = arr if arr.size <= 4 else f"an array with {int(np.sum(bad))} bad entries"
+            raise ValueError(f"{name} must be finite and {want}, got {shown}")
+    return floating(x)
+
+
 def as_float_array(name: str, x, ndims: tuple[int, ...]):
     """Converts to a floating array and checks its rank is one of ``ndims``."""
     try:
@@ -42,11 +142,55 @@ def as_float_array(name: str, x, ndims: tuple[int, ...]):
     if x.ndim not in ndims:
         want = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must have {want} dimensions, got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(default_float())
-    return x
+    return floating(x)
+
+
+def as_matrices(name: str, a, square: bool = False) -> jax.Array:
+    """A floating array of matrices ``(..., m, n)`` (``square``: m = n); ValueError otherwise."""
+    a = jnp.asarray(a)
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., m, n), got {a.shape}")
+    if square and a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"{name} must be square, shape (..., n, n); got {a.shape}")
+    return floating(a)
 
 
 def default_float():
     """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
     return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def check_chain(name: str, value, *, segmented: bool = True, values: bool = True):
+    """The chain-argument check, run in Python before tracing; raises naming ``name``.
+
+    Args:
+      name: the argument's name, for the messages.
+      value: the argument.
+      segmented: accept a :class:`~gradflow.chain.Segmented` chain as well as a
+        :class:`~gradflow.chain.Chain` (every analysis); False for tools that need one
+        ``lax.scan`` of identically shaped steps (Pascanu's Ω).
+      values: also check that the concrete h0, parameters and step inputs are finite and that the
+        steps return floating arrays of consistent shapes (:func:`gradflow.chain.check_chain`);
+        False for a chain rebuilt inside a traced loss, where only its type is known up front.
+
+    Returns:
+      With ``segmented``, ``value`` as a :class:`~gradflow.chain.Segmented` chain (a Chain becomes
+      one segment); otherwise the :class:`~gradflow.chain.Chain` itself.
+
+    Raises:
+      TypeError: ``"{name} must be a gradflow.chain.Chain[ or Segmented chain], got {type}"``, or a
+        step whose output is not a pytree of floating arrays.
+      ValueError: for NaN/inf values or a Scan step changing the state's shape.
+    """
+    # The chain types live a layer above this module (gradflow.chain.core imports it), so they
+    # are not imported here: a chain can only exist once gradflow.chain.core is loaded, and if it
+    # is not, ``value`` is no chain. The value checks and the messages are chain.core's own.
+    core = sys.modules.get("gradflow.chain.core")
+    kinds = () if core is None else (core.Chain, core.Segmented) if segmented else (core.Chain,)
+    if not isinstance(value, kinds):
+        what = "gradflow.chain.Chain or Segmented chain" if segmented else "gradflow.chain.Chain"
+        raise TypeError(f"{name} must be a {what}, got {type(value).__name__}")
+    if values:
+        sc = core.check_chain(value, name)
+        return sc if segmented else value
+    return core.as_segmented(value, name) if segmented else value

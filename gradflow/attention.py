@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow.chain import as_segmented, trajectory
+from gradflow import _checks
+from gradflow.chain import trajectory
 
 __all__ = [
     "RankCollapse",
@@ -57,9 +58,7 @@ def _tokens(x, name: str = "x"):
         raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
     if x.ndim < 2:
         raise ValueError(f"{name} must be a token matrix (…, T, d) with >= 2 axes, got {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
-    return x
+    return _checks.floating(x)
 
 
 def _check_norm(norm: str) -> str:
@@ -184,8 +183,7 @@ def uniform_attention_growth(alpha, sigma_v2, layers: int) -> np.ndarray:
     Returns:
       NumPy array ``(layers + 1,)`` (float64).
     """
-    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or layers < 0:
-        raise ValueError(f"layers must be an integer >= 0, got {layers!r}")
+    layers = _checks.nonnegative_int("layers", layers)
     alpha, sigma_v2 = float(alpha), float(sigma_v2)
     if not np.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha}")
@@ -227,7 +225,7 @@ def chain_token_stats(chain, *, norm: str = "composite") -> TokenStats:
       ValueError: for an unknown ``norm`` or states that are not token matrices.
     """
     _check_norm(norm)
-    h0 = as_segmented(chain).h0
+    h0 = _checks.check_chain("chain", chain, values=False).h0
     if not hasattr(h0, "shape"):
         raise TypeError(f"chain state must be one array, got {type(h0).__name__}")
     hs = trajectory(chain)

@@ -148,11 +148,6 @@ def _check_steps(steps) -> int:
     return _checks.positive_int("steps", steps)
 
 
-def _float(x):
-    x = jnp.asarray(x)
-    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(_checks.default_float())
-
-
 def doya_map(x, w, b, *, dt: float = 1.0):
     """One step x ↦ x + dt (−x + w σ(x) + b); ``dt = 1`` is the discrete network w σ(x) + b.
 
@@ -166,7 +161,7 @@ def doya_map(x, w, b, *, dt: float = 1.0):
       The next state, broadcast shape.
     """
     dt = _check_dt(dt)
-    x, w, b = _float(x), _float(w), _float(b)
+    x, w, b = _checks.floating(x), _checks.floating(w), _checks.floating(b)
     if dt == 1.0:
         return w * _SIGMOID.fn(x) + b
     return x + dt * (-x + w * _SIGMOID.fn(x) + b)
@@ -198,7 +193,7 @@ def doya_saddle_nodes(w) -> DoyaSaddleNodes:
     Returns:
       :class:`DoyaSaddleNodes` with ``b`` and ``x`` of shape ``w.shape + (2,)``; NaN for w ≤ 4.
     """
-    w = _float(w)
+    w = _checks.floating(w)
     s_plus, s_minus = _fold_sigmoids(w)
     s = jnp.stack([s_plus, s_minus], axis=-1)
     x = _logit(s)
@@ -262,7 +257,7 @@ def doya_fixed_points(w, b, *, continuous: bool = False) -> DoyaFixedPoints:
       :class:`DoyaFixedPoints`, fields of shape ``broadcast(w, b).shape + (3,)`` (``count``
       without the trailing axis).
     """
-    w, b = jnp.broadcast_arrays(_float(w), _float(b))
+    w, b = jnp.broadcast_arrays(_checks.floating(w), _checks.floating(b))
     return DoyaFixedPoints(*_fixed_points(w, b, bool(continuous)))
 
 
@@ -295,7 +290,7 @@ def doya_trajectory(w, b, x0, steps: int, *, dt: float = 1.0) -> DoyaTrajectory:
     """
     steps = _check_steps(steps)
     dt = _check_dt(dt)
-    w, b, x0 = (_float(v) for v in (w, b, x0))
+    w, b, x0 = (_checks.floating(v) for v in (w, b, x0))
     for name, v in (("w", w), ("b", b), ("x0", x0)):
         if v.ndim != 0:
             raise ValueError(f"{name} must be a scalar (vmap for batches), got shape {v.shape}")
@@ -350,10 +345,14 @@ def doya_hysteresis(w, b_values, *, x0=None, settle: int = 200, dt: float = 1.0)
         raise ValueError(f"b_values must hold at least 2 values, got shape {b_values.shape}")
     if not isinstance(b_values, jax.core.Tracer) and np.any(np.diff(np.asarray(b_values)) <= 0):
         raise ValueError("b_values must be strictly ascending")
-    w = _float(w).astype(b_values.dtype)
+    w = _checks.floating(w).astype(b_values.dtype)
     if w.ndim != 0:
         raise ValueError(f"w must be a scalar, got shape {w.shape}")
-    x0 = b_values[0] + jnp.minimum(w, 0.0) if x0 is None else _float(x0).astype(b_values.dtype)
+    x0 = (
+        b_values[0] + jnp.minimum(w, 0.0)
+        if x0 is None
+        else _checks.floating(x0).astype(b_values.dtype)
+    )
     return _hysteresis(w, b_values, x0, settle, dt)
 
 
@@ -401,7 +400,7 @@ def cliff_loss(w, b, *, x0=0.5, steps: int = 20, target=1.0, dt: float = 1.0):
     """
     steps = _check_steps(steps)
     dt = _check_dt(dt)
-    w, b = _float(w), _float(b)
+    w, b = _checks.floating(w), _checks.floating(b)
     x0 = jnp.asarray(x0, jnp.result_type(w, b))
     x = jax.lax.fori_loop(0, steps, lambda _, x: doya_map(x, w, b, dt=dt), x0)
     return (x - target) ** 2

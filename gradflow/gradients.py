@@ -25,7 +25,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Segmented, check_chain
+from gradflow.chain import Segmented
 from gradflow.chain.passes import flat_segments, pullback
 
 __all__ = [
@@ -149,14 +149,6 @@ def _groups(arg: str, tree, depth: int) -> dict[str, list[tuple[int, Any]]]:
     return groups
 
 
-def _names_arg(arg: str, value) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{arg} must be a sequence of group names or None, got {value!r}")
-    return tuple(str(v) for v in value)
-
-
 def _stack_problem(shapes: list[tuple[int, ...]]) -> str | None:
     """Why leaves of these shapes are not L layers stacked on a leading axis (None if they are).
 
@@ -183,7 +175,7 @@ def _shapes(leaves) -> list[tuple[int, ...]]:
 
 def _resolve_stacked(groups, stacked, depth: int) -> tuple[str, ...]:
     """The stacked group names: checked if given, gradflow's ``hidden`` by default."""
-    stacked = _names_arg("stacked", stacked)
+    stacked = _checks.names_or_none("stacked", stacked, "group names")
     if stacked is None:
         # gradflow's own models: input, hidden (stacked layers), recurrent, readout.
         own = (
@@ -242,7 +234,7 @@ def _log_norms(groups, names: Sequence[str], stacked: Sequence[str]) -> NamedNor
 
 
 def _sorted_names(groups, order) -> list[str]:
-    order = _names_arg("order", order)
+    order = _checks.names_or_none("order", order, "group names")
     rank = {} if order is None else {name: i for i, name in enumerate(order)}
     return sorted(groups, key=lambda n: (rank.get(n, len(rank)), _default_key(n)))
 
@@ -524,7 +516,7 @@ def chain_grad_norms(chain, loss_fn: Callable, *, head_params=None, head_name: s
     Raises:
       TypeError: if ``chain`` is not a chain or ``loss_fn`` is not callable.
     """
-    sc = check_chain(chain)
+    sc = _checks.check_chain("chain", chain)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     _, logs = _chain_log_norms(sc, loss_fn, head_params, head_params is not None)
@@ -548,7 +540,7 @@ def state_grad_norms(chain, loss_fn: Callable[[Any], jax.Array], *, log10: bool 
     Returns:
       Array ``(K + 1,)``; entry k is ‖∂L/∂h_k‖ (Euclidean norm of the flattened state).
     """
-    sc = check_chain(chain)
+    sc = _checks.check_chain("chain", chain)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     states, _ = _chain_log_norms(sc, loss_fn, None, False)

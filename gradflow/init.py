@@ -19,6 +19,9 @@ from gradflow import activations as _act
 
 __all__ = [
     "Initializer",
+    "fan_in",
+    "get",
+    "names",
     "glorot",
     "glorot_normal",
     "glorot_uniform",
@@ -39,16 +42,28 @@ __all__ = [
 Initializer = Callable[..., jax.Array]
 
 
-def _fan_in(shape) -> int:
+def fan_in(shape) -> int:
     """The number of inputs feeding one output unit: the product of all axes but the last.
 
     ``(fan_in, fan_out)`` for a dense kernel; ``(*window, c_in, c_out)`` for a convolution kernel,
     whose fan-in is window size × c_in (as ``flax.linen.Conv``'s default and Xiao et al. 2018,
     whose weights have variance σ_w²/((2k+1)·c)); ``shape[0]`` for a vector.
+
+    Args:
+      shape: a kernel's shape, at least one axis.
+
+    Returns:
+      The fan-in, an ``int``.
+
+    Raises:
+      ValueError: for the empty shape ``()``.
     """
     if len(shape) == 0:
         raise ValueError("initialiser shape must have at least one axis, got ()")
     return math.prod(int(d) for d in shape[:-1]) if len(shape) >= 2 else int(shape[0])
+
+
+_fan_in = fan_in  # the old private name, which tests/test_cnn.py still uses
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -62,7 +77,7 @@ def _normal(std_of_fan_in: Callable[[int], float], mean_of_fan_in=lambda n: 0.0)
     """N(mean(fan_in), std(fan_in)²) elementwise."""
 
     def init(key, shape, dtype=jnp.float32):
-        n = _fan_in(shape)
+        n = fan_in(shape)
         z = jax.random.normal(key, shape, dtype)
         return (mean_of_fan_in(n) + std_of_fan_in(n) * z).astype(dtype)
 
@@ -252,3 +267,47 @@ def critical(activation: _act.ActivationLike, sigma_b2: float = 0.0) -> Initiali
             f"no edge of chaos for activation {activation!r} at sigma_b2={sigma_b2} (got {sw2})"
         )
     return gaussian(math.sqrt(sw2))
+
+
+# Each name's initialiser at its defaults; "gaussian" is σ_w = 1, which a sweep then rescales.
+_BY_NAME: dict[str, Callable[[_act.ActivationLike | None], Initializer]] = {
+    "gaussian": lambda act: lecun(),
+    "glorot": lambda act: glorot(),
+    "glorot_normal": lambda act: glorot("normal"),
+    "he": lambda act: he(),
+    "lecun": lambda act: lecun(),
+    "kumar": lambda act: kumar(act),
+    "yilmaz_poli": lambda act: yilmaz_poli(),
+    "orthogonal": lambda act: orthogonal(),
+}
+
+
+def names() -> tuple[str, ...]:
+    """The names :func:`get` knows."""
+    return tuple(_BY_NAME)
+
+
+def get(name: str, activation: _act.ActivationLike | None = None) -> Initializer:
+    """The initialiser called ``name``, at its default arguments (a sweep's ``init`` axis).
+
+    ``"gaussian"`` and ``"lecun"`` are N(0, 1/fan_in) (:func:`gaussian` at σ_w = 1),
+    ``"glorot"`` is :func:`glorot_uniform`, ``"glorot_normal"`` :func:`glorot_normal`,
+    ``"kumar"`` is :func:`kumar` for ``activation``; ``"he"``, ``"yilmaz_poli"`` and
+    ``"orthogonal"`` are those factories called without arguments.
+
+    Args:
+      name: one of :func:`names`.
+      activation: registry name or callable; needed by ``"kumar"`` only.
+
+    Returns:
+      The initialiser ``init(key, shape, dtype) -> array``.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the valid ones), or ``"kumar"`` without
+        an activation.
+    """
+    if name not in _BY_NAME:
+        raise ValueError(f"init must be one of {', '.join(_BY_NAME)}, got {name!r}")
+    if name == "kumar" and activation is None:
+        raise ValueError("init 'kumar' needs the activation it is derived for")
+    return _BY_NAME[name](activation)

@@ -28,11 +28,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks
-from gradflow.chain import Chain, Layer, Segmented, check_chain, flat_step, state_shapes
+from gradflow.chain import Chain, Layer, Segmented, flat_step, state_shapes
 from gradflow.chain.core import same_shapes
 from gradflow.chain.passes import flat_fn
 
@@ -106,9 +105,7 @@ def _resolve_k(k, n: int) -> int:
     return k
 
 
-def _scan_spectrum(
-    parts, carry0, discard: int, n: int, k: int, dtype, key, record: bool
-):
+def _scan_spectrum(parts, carry0, discard: int, n: int, k: int, dtype, key, record: bool):
     """Shared Benettin loop over ``parts``: ``(advance, xs, length)`` triples run in order.
 
     ``advance(carry, x, q) -> (carry, J q)`` applies one step; a chain has one part, a
@@ -155,7 +152,7 @@ def _advance(f):
 
 def _run_segmented(sc: Segmented, k, key, discard, record):
     """Benettin along a Segmented chain whose steps all keep the state's shape."""
-    sc = check_chain(sc)
+    sc = _checks.check_chain("chain", sc)
     shapes = state_shapes(sc)
     for i, (a, b) in enumerate(zip(shapes[:-1], shapes[1:])):
         if not same_shapes(a, b):
@@ -188,33 +185,29 @@ def _run_segmented(sc: Segmented, k, key, discard, record):
 
 
 def _check_discard(discard, length: int) -> int:
-    if isinstance(discard, bool) or not isinstance(discard, (int, np.integer)):
-        raise TypeError(f"discard must be an integer, got {type(discard).__name__} {discard!r}")
+    discard = _checks.integer("discard", discard)
     if not 0 <= discard < length:
         raise ValueError(
             f"discard must satisfy 0 <= discard < the number of steps ({length}), got {discard}"
         )
-    return int(discard)
+    return discard
 
 
 def _run(jacobians_or_chain, k, key, discard, record):
     """Dispatches on the input type; returns (total (k,), log_r (K, k), totals (K, k), counted)."""
     if isinstance(jacobians_or_chain, Chain):
         chain = jacobians_or_chain
-        check_chain(chain)
+        # Also checks h0 and every step's output are floating point (state_shapes).
+        _checks.check_chain("chain", chain)
         if chain.length < 1:
             raise ValueError(f"chain must have at least one step, got length {chain.length}")
         h0, f = flat_step(chain)
-        if not jnp.issubdtype(h0.dtype, jnp.inexact):
-            raise TypeError(f"chain.h0 must be floating point, got dtype {h0.dtype}")
         n = h0.shape[0]
         k = _resolve_k(k, n)
         discard = _check_discard(discard, chain.length)
 
-        out = _scan_spectrum(
-            [(_advance(f), chain.per_step(), chain.length)], h0, discard, n, k, h0.dtype, key,
-            record,
-        )
+        parts = [(_advance(f), chain.per_step(), chain.length)]
+        out = _scan_spectrum(parts, h0, discard, n, k, h0.dtype, key, record)
         return (*out, chain.length - discard, discard)
 
     if isinstance(jacobians_or_chain, Segmented):

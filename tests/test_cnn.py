@@ -367,7 +367,7 @@ def test_wide_cnn_keeps_q_star_and_chi1_at_the_critical_pairs():
         jv = jax.vmap(jvp)(chain.params, hs, v)
         return q_layers, jnp.sum(jv**2, axis=(1, 2)) / jnp.sum(v**2, axis=(1, 2))
 
-    # One network per call, not vmapped: see gradflow.experiments.cnn._mode_fn on XLA:CPU.
+    # One network per call, not vmapped: see gradflow.experiments.cnn._measure._mode_fn on XLA:CPU.
     f = jax.jit(one)
     keys = jax.random.split(jax.random.key(0), seeds)
     rows = [[f(k, pairs[i, 0], pairs[i, 1], q_star[i]) for k in keys] for i in range(len(pairs))]
@@ -424,7 +424,7 @@ def test_wide_cnn_fourier_modes_decay_at_lambda_m_chi_c():
     x = jnp.broadcast_to(r * basis[0], (n, c_in))
     direction = r * (jnp.outer(jnp.cos(angles), basis[1]) + jnp.outer(jnp.sin(angles), basis[2]))
 
-    # One network per call (not vmapped): see gradflow.experiments.cnn._mode_fn on XLA:CPU.
+    # One network per call (not vmapped): see gradflow.experiments.cnn._measure._mode_fn on XLA:CPU.
     init_one = jax.jit(model.init)
     jets = jax.jit(lambda p: model.covariance_curvature(p, x, direction))
     keys = jax.random.split(jax.random.key(0), seeds)

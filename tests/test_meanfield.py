@@ -17,6 +17,8 @@ import gradflow as gf
 from gradflow import init
 from gradflow import meanfield as mf
 from gradflow.chain import trajectory
+from gradflow.meanfield import _kernels
+from gradflow.meanfield._kernels import kernel
 
 SMOOTH = ["tanh", "erf", "sigmoid", "gelu", "silu"]
 
@@ -83,7 +85,7 @@ def test_relu_c_map_is_the_arc_cosine_kernel(x64):
     # E relu(√q z)² by the generic quadrature agrees: the kink of relu² sits on the node t = 0
     # and the integrand is even about it once mirrored, so the rule stays exact to rounding.
     # (Its derivative, a step, is too rough for the rule: that is why ReLU has closed forms.)
-    k, kq = mf._kernel("relu"), mf._kernel("relu", quadrature=True)
+    k, kq = kernel("relu"), kernel("relu", quadrature=True)
     for q in (0.1, 1.0, 10.0):
         q = jnp.float64(q)
         np.testing.assert_allclose(kq.phi2(q), k.phi2(q), rtol=1e-12)
@@ -96,7 +98,7 @@ def test_erf_arcsine_kernel_against_quadrature(x64, q):
     # q = 100, 6e-13 at q = 300, 1.5e-10 at q = 1e4 (the inner rule is centred on φ's bend; the
     # earlier rule centred at z2 = 0 was off by 6e-3 at q = 300). 1e-10, and 1e-8 at q = 1e4,
     # hold with margin; the issue's bar is 1e-6.
-    k, kq = mf._kernel("erf"), mf._kernel("erf", quadrature=True)
+    k, kq = kernel("erf"), kernel("erf", quadrature=True)
     q = jnp.float64(q)
     tol2 = 1e-8 if q > 1e3 else 1e-10
     # 1-D: measured 1.1e-7 at q = 1e4 (the q-map's slope; see also
@@ -117,7 +119,7 @@ def test_erf_arcsine_kernel_against_quadrature(x64, q):
 def test_one_dimensional_quadrature_at_large_lengths(x64, q):
     # The sinh-mapped rule keeps 1-D integrals accurate far out (measured 2e-8 and 1e-6 for E φ'²,
     # the hardest one): 1e-6 relative is the issue's requirement.
-    k, kq = mf._kernel("erf"), mf._kernel("erf", quadrature=True)
+    k, kq = kernel("erf"), kernel("erf", quadrature=True)
     q = jnp.float64(q)
     for name in ("phi2", "dphi2"):
         np.testing.assert_allclose(getattr(kq, name)(q), getattr(k, name)(q), rtol=2e-6)
@@ -127,7 +129,7 @@ def test_one_dimensional_quadrature_at_large_lengths(x64, q):
 def test_tanh_quadrature_against_independent_trapezoid(x64, q):
     # Reference: 200,001-point trapezoid in u-space (error far below 1e-12 for these smooth,
     # Gaussian-weighted integrands). 1e-9 relative is the rule's measured accuracy with margin.
-    k = mf._kernel("tanh")
+    k = kernel("tanh")
     qq = jnp.float64(q)
     ref_phi2 = _np_expect(lambda u: np.tanh(u) ** 2, q)
     ref_dphi2 = _np_expect(lambda u: (1 - np.tanh(u) ** 2) ** 2, q)
@@ -307,7 +309,7 @@ def test_chunked_grid_path_matches_pointwise(monkeypatch):
     """Grids above _CHUNK points go through lax.map over padded chunks (a 256×256 grid does);
     with _CHUNK = 8, a 5×7 grid is 5 chunks with 5 padded lanes: every point, including the
     last chunk's, must equal its own one-point evaluation (float32: same maths, 1e-5)."""
-    monkeypatch.setattr(mf, "_CHUNK", 8)
+    monkeypatch.setattr(_kernels, "_CHUNK", 8)
     sw2, sb2 = jnp.linspace(0.7, 3.1, 5), jnp.linspace(0.01, 0.4, 7)
     # Fresh shapes (5, 7) keep the jit cache from reusing an unchunked trace.
     for fn in (mf.chi1, mf.q_star):

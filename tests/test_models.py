@@ -388,3 +388,37 @@ def test_inner_params_dict_accepted(key):
     np.testing.assert_array_equal(
         model.features(params, jnp.ones(3)), model.features(params["params"], jnp.ones(3))
     )
+
+
+# --- public readout -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "model, x",
+    [
+        (MLP(width=4, depth=3, out_features=2), jnp.ones((5, 3))),
+        (MLP(width=4, depth=3, norm="batch", residual=True), jnp.ones((5, 3))),
+        (RNN(width=4, out_features=2), jnp.ones((6, 3))),
+        (LSTM(width=4, out_features=2), jnp.ones((2, 6, 3))),
+        (GRU(width=4, out_features=2), jnp.ones((2, 6, 3))),
+        (gf.models.CNN(depth=3, channels=4, dims=2, out_features=2), jnp.ones((2, 5, 5, 3))),
+        (gf.models.Transformer(depth=2, dim=8, heads=2, out_features=2), jnp.ones((5, 3))),
+    ],
+    ids=["mlp", "mlp-batchnorm", "rnn", "lstm", "gru", "cnn", "transformer"],
+)
+def test_readout_of_features_is_apply(model, x):
+    """apply = readout ∘ features bitwise (the same ops), for wrapped and bare params."""
+    x = jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape) / x.size - 0.5
+    params = ref.random_params(model, x)
+    y = model.apply(params, x)
+    for p in (params, params["params"]):
+        np.testing.assert_array_equal(model.readout(p, model.features(p, x)), y)
+
+
+def test_lstm_readout_of_final_state(key):
+    """An LSTM's readout takes the chain's final (c, h) pair as well as features' h_T."""
+    model = LSTM(width=4, out_features=2)
+    u = jax.random.normal(key, (2, 6, 3))
+    params = ref.random_params(model, u)
+    state = gf.chain.final_state(model.chain(params, u))
+    assert isinstance(state, tuple)
+    np.testing.assert_array_equal(model.output_state(state), model.features(params, u))
+    np.testing.assert_array_equal(model.readout(params, state), model.apply(params, u))

@@ -118,6 +118,121 @@ CASES = {
         {"title": "t"},
         2,
     ),
+    "chi1_phase_diagram": (
+        (
+            np.linspace(0.5, 4.0, 5),
+            np.linspace(0.0, 0.5, 4),
+            np.linspace(-0.8, 0.4, 20).reshape(4, 5),  # crosses every contour level
+            np.linspace(1.0, 2.0, 3),
+            np.linspace(0.0, 0.5, 3),
+            *np.meshgrid([1.0, 2.0, 3.0], [0.0, 0.3]),
+            np.linspace(-0.8, 0.4, 12).reshape(2, 3, 2),
+        ),
+        {"width": 8, "depth": 4},
+        1,
+    ),
+    "q_c_maps": (
+        (
+            {
+                regime: {
+                    "q": _pos(4, 5, 2),
+                    "c": RNG.uniform(size=(4, 5, 2)),
+                    "q_theory": _pos(5, 2),
+                    "c_theory": RNG.uniform(size=(5, 2)),
+                    "sigma_w2": sw2,
+                }
+                for regime, sw2 in (("ordered", 1.2), ("chaotic", 3.0))
+            },
+        ),
+        {"sigma_b2": 0.05, "starts": ((3.0, 0.1), (0.2, 0.9)), "pairs": 2, "width": 8, "seeds": 2},
+        2,
+    ),
+    "isometry_spectra": (
+        (
+            {
+                f"{act}/{weights}": {
+                    "log_lambda": RNG.normal(size=40),
+                    "resolved": RNG.uniform(size=40) > 0.1,
+                    "grid": np.geomspace(1e-6, 1e3, 50),
+                    "density": _pos(50),
+                    "variance": 1.0,
+                    "sigma_w2": 1.7,
+                    "sigma_b2": 0.05,
+                }
+                for act in ("tanh", "ReLU")
+                for weights in ("gaussian", "orthogonal")
+            },
+        ),
+        {"width": 8, "depth": 4, "seeds": 2, "q_star": 0.1},
+        2,
+    ),
+    "depth_scales": (
+        (
+            np.linspace(0.5, 4.0, 20),
+            {0.01: _pos(20), 0.05: _pos(20)},
+            {0.01: _pos(20), 0.05: _pos(20)},
+            {0.01: 1.5, 0.05: 1.76},
+        ),
+        {"trainable_sigma_b2": 0.05},
+        1,
+    ),
+    "doya_bifurcation": (
+        (
+            np.linspace(-5.0, -1.0, 41),
+            RNG.normal(size=(41, 3)),
+            RNG.uniform(size=(41, 3)) > 0.5,
+            np.array([-3.5, -2.5]),
+            np.array([0.5, 3.0]),
+            RNG.normal(size=41),
+            RNG.normal(size=41),
+            _pos(41),
+            _pos(41),
+            np.linspace(4.0, 10.0, 10),
+            np.sort(-_pos(10, 2), axis=1),
+        ),
+        {"w": 6.0, "steps": 50, "x0": 0.0},
+        3,
+    ),
+    "cliff_clipping": (
+        (
+            np.linspace(-4.0, -1.0, 30),
+            _pos(30),
+            RNG.normal(size=30),
+            RNG.uniform(-4.0, -1.0, (4, 11)),
+            RNG.uniform(-4.0, -1.0, (4, 11)),
+            _pos(6, 7),
+            np.linspace(3.0, 8.0, 6),
+            np.linspace(-5.0, -0.5, 7),
+            RNG.uniform(-5.0, 8.0, (2, 11, 2)),
+            RNG.uniform(-5.0, 8.0, (2, 11, 2)),
+        ),
+        {
+            "wall": -2.5,
+            "stats": {
+                m: {"fraction_left_range": 0.5, "fraction_crossed_wall": 0.25, "max_step": 0.1}
+                for m in ("unclipped", "clipped")
+            },
+            "learning_rate": 0.01,
+            "clip_norm": 1.0,
+            "cliff": {"w": 5.0, "x0": 0.5, "steps": 20},
+            "b_range": (-4.0, -1.0),
+        },
+        3,
+    ),
+    "rnn_stability_thresholds": (
+        (
+            {"tanh": {k: _pos(3, 2) for k in ("rho", "lambda1", "log_norm", "top_exponent")}},
+            {"tanh": 1.0},
+        ),
+        {"width": 8, "steps": 20},
+        2,
+    ),
+    "lyapunov_order_to_chaos": (
+        (np.linspace(0.5, 3.0, 5), -np.sort(-RNG.normal(size=(5, 6)), axis=1), -0.1),
+        {"steps": 100},
+        2,
+    ),
+    "lyapunov_convergence": ((RNG.normal(size=(50, 4)), RNG.normal(size=4)), {}, 1),
 }
 HELPERS = {"new_axes", "new_axes_grid", "palette"}  # tested on their own below
 

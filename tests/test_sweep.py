@@ -170,7 +170,7 @@ def test_memory_budget_sets_the_chunk_size(monkeypatch):
     # A real budget of 1 byte cannot hold one config: one config per chunk.
     assert sw.run(s, memory_budget=1, quiet=True).manifest["shapes"]["0"]["n_chunks"] == 24
     # With the per-config estimate pinned to 1000 bytes the arithmetic is exact.
-    monkeypatch.setattr(sw, "_per_config_bytes", lambda *a, **k: 1000)
+    monkeypatch.setattr(sw.runner, "_per_config_bytes", lambda *a, **k: 1000)
     for budget, batch, chunks in ((3500, 3, 8), (999, 1, 24), ("1GB", 24, 1)):
         res = sw.run(s, memory_budget=budget, quiet=True)
         layout = res.manifest["shapes"]["0"]
@@ -255,6 +255,20 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="memory_budget"):
         sw.parse_bytes("lots")
     assert sw.parse_bytes("2GiB") == 2 << 30 and sw.parse_bytes("512MB") == 512_000_000
+
+
+def test_init_axis_names_the_library_initialisers():
+    # mlp_from_point draws W₀ with gradflow.init.get(init): at scale 1 and mean 0 its kernels are
+    # exactly that initialiser's draws (1·W₀ + 0/fan_in changes no bit).
+    key = jax.random.key(2)
+    for name in gf.init.names():
+        model = sw.mlp_from_point({"depth": 2, "width": 8, "activation": "tanh", "init": name})
+        want = gf.init.get(name, "tanh")(key, (8, 8), jnp.float32)
+        np.testing.assert_array_equal(model.kernel_init(key, (8, 8), jnp.float32), want)
+    with pytest.raises(ValueError, match="init must be one of gaussian, glorot"):
+        sw.mlp_from_point({"depth": 2, "width": 8, "init": "xavier"})
+    with pytest.raises(ValueError, match="needs the activation"):
+        gf.init.get("kumar")
 
 
 def test_toml_cli_and_examples(tmp_path):

@@ -4,13 +4,11 @@ and reading the numbers back to redraw the figures."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from gradflow import progress
+from gradflow import _io, progress
 
 __all__ = [
     "save_figure",
@@ -22,14 +20,6 @@ __all__ = [
     "with_prefix",
     "by_label",
 ]
-
-
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    return Path(tmp)
 
 
 def to_jsonable(obj):
@@ -51,20 +41,13 @@ def to_jsonable(obj):
 
 
 def save_json(data, path) -> Path:
-    path = Path(path)
-    tmp = _atomic_target(path)
-    tmp.write_text(json.dumps(to_jsonable(data), indent=1))
-    tmp.replace(path)
+    path = _io.write_json(path, to_jsonable(data))
     progress.stage(f"wrote {path.name}")  # outputs mark an experiment's stages on the display
     return path
 
 
 def save_npz(arrays: dict, path) -> Path:
-    path = Path(path)
-    tmp = _atomic_target(path)
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
-    tmp.replace(path)
+    path = _io.write_npz(path, {k: np.asarray(v) for k, v in arrays.items()}, compressed=True)
     progress.stage(f"wrote {path.name}")
     return path
 
@@ -85,16 +68,9 @@ def save_figure(fig, path, dpi: int = 120) -> Path:
     """
     path = Path(path)
     pdf = path.with_suffix(".pdf")
-    tmp_png, tmp_pdf = _atomic_target(path), _atomic_target(pdf)
-    try:
+    with _io.atomic_paths(path, pdf) as (tmp_png, tmp_pdf):
         fig.savefig(tmp_png, dpi=dpi, bbox_inches="tight", format="png")
         fig.savefig(tmp_pdf, bbox_inches="tight", format="pdf", metadata={"CreationDate": None})
-    except BaseException:
-        tmp_png.unlink(missing_ok=True)
-        tmp_pdf.unlink(missing_ok=True)
-        raise
-    tmp_png.replace(path)
-    tmp_pdf.replace(pdf)
     progress.stage(f"wrote {path.name} and {pdf.name}")
     return path
 
@@ -120,8 +96,7 @@ def _restore(obj):
 
 def load_npz(path) -> dict[str, np.ndarray]:
     """Every array of a file written by :func:`save_npz`, in the order they were saved."""
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    return _io.read_npz(path)
 
 
 def with_prefix(data, prefix: str) -> dict:

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from gradflow import init, jacobians, meanfield, models, plots, theory
 from gradflow.chain import trajectory
 from gradflow.experiments import _io
+from gradflow.experiments._scales import rescaled
 
 NAME = "meanfield"
 DESCRIPTION = (
@@ -120,7 +121,7 @@ def measured_log_chi1(st: Settings, key) -> dict:
     E‖J v‖² = χ₁ ‖v‖² for each layer's Jacobian J, so (2/K)·log(‖P‖_F/√n) over a product P of K
     layers estimates log χ₁. Inputs are scaled so that q^1 = q*: the estimate then measures χ₁
     at the fixed point rather than along the transient of the length map. Weights are drawn
-    once per seed with σ = 1 and scaled (see :func:`_scaled`), so one jitted map covers the grid.
+    once per seed with σ = 1 and rescaled, so one jitted map covers the grid.
     """
     n, depth = st.chi_width, st.chi_depth
     model = models.MLP(
@@ -143,7 +144,7 @@ def measured_log_chi1(st: Settings, key) -> dict:
         x = jax.random.normal(kx, (n,))
         x = s_x * jnp.sqrt(n) * x / jnp.linalg.norm(x)
         params = model.init(kp, x)
-        products = jacobians.backward_products(model.chain(_scaled(params, s_w, s_b), x))
+        products = jacobians.backward_products(model.chain(rescaled(params, s_w, s_b), x))
         return 2.0 * (products.log_norm[0] - 0.5 * jnp.log(n)) / (depth - 1)
 
     per_config = lambda c: jax.vmap(lambda k: one(c, k))(keys)  # noqa: E731
@@ -167,76 +168,12 @@ def figure_phase_diagram(
       ax: axes to draw into (default: a new figure).
 
     Returns:
-      The Figure drawn into.
+      The Figure drawn into (:func:`gradflow.plots.chi1_phase_diagram`).
     """
-    pd = data
-    meas = {k.removeprefix("measured_"): v for k, v in data.items() if k.startswith("measured_")}
-    created = ax is None
-    fig, ax = plots.new_axes(ax, figsize=(8.2, 5.6))
-    vmax = float(np.max(np.abs(pd["log_chi1"])))
-    sw2, sb2 = np.asarray(pd["sigma_w2"]), np.asarray(pd["sigma_b2"])
-    extent = (float(sw2[0]), float(sw2[-1]), float(sb2[0]), float(sb2[-1]))
-    im = ax.imshow(
-        pd["log_chi1"],
-        origin="lower",
-        extent=extent,
-        aspect="auto",
-        cmap="RdBu_r",
-        vmin=-vmax,
-        vmax=vmax,
-        interpolation="bilinear",
-    )
-    cb = fig.colorbar(im, ax=ax, pad=0.02)
-    cb.set_label(r"$\log\chi_1$  (mean field)")
-    levels = [-0.6, -0.4, -0.2, 0.2]
-    cs = ax.contour(
-        pd["sigma_w2"], pd["sigma_b2"], pd["log_chi1"], levels=levels, colors="k", linewidths=0.7
-    )
-    ax.clabel(cs, fmt="%.1f", fontsize=7)
-    ax.plot(
-        pd["critical_sigma_w2"],
-        pd["critical_sigma_b2"],
-        color="k",
-        lw=2.4,
-        label=r"edge of chaos $\chi_1 = 1$",
-    )
-    med = np.median(meas["log_chi1"], axis=-1)
-    cm = ax.contour(
-        meas["sigma_w2"],
-        meas["sigma_b2"],
-        med,
-        levels=sorted([*levels, 0.0]),
-        colors="gold",
-        linewidths=1.6,
-        linestyles="--",
-    )
-    ax.clabel(cm, fmt="%.1f", fontsize=7, colors="darkgoldenrod")
-    ax.plot(
-        meas["sigma_w2"].ravel(),
-        meas["sigma_b2"].ravel(),
-        "o",
-        ms=3,
-        color="dimgray",
-        label=f"finite nets (width {width}, depth {depth})",
-    )
-    ax.plot(
-        [],
-        [],
-        "--",
-        color="gold",
-        lw=1.6,
-        label=r"measured $\frac{2}{L}\log\|\partial h_L/\partial h_1\|_F/\sqrt{n}$",
-    )
-    ax.plot([], [], "-", color="k", lw=0.7, label=r"theory contours of $\log\chi_1$")
-    ax.text(0.6, 0.46, "ordered\n(gradients vanish)", color="navy", fontsize=10, va="top")
-    ax.text(3.1, 0.04, "chaotic\n(gradients explode)", color="darkred", fontsize=10)
-    ax.set_xlabel(r"weight variance $\sigma_w^2$")
-    ax.set_ylabel(r"bias variance $\sigma_b^2$")
-    ax.set_title(r"tanh phase diagram: $\chi_1 = \sigma_w^2\,\mathbb{E}[\phi'(\sqrt{q^*}z)^2]$")
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)
-    if created:
-        fig.tight_layout()
-    return fig
+    names = ("sigma_w2", "sigma_b2", "log_chi1", "critical_sigma_w2", "critical_sigma_b2")
+    names += ("measured_sigma_w2", "measured_sigma_b2", "measured_log_chi1")
+    arrays = (data[k] for k in names)
+    return plots.chi1_phase_diagram(*arrays, width=width, depth=depth, ax=ax)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,19 +200,6 @@ def _input_pairs(starts, d, sigma_w2, sigma_b2, key) -> jax.Array:
     return jnp.asarray(np.stack(rows), jnp.float32)
 
 
-def _scaled(params, sigma_w, sigma_b):
-    """Multiplies every kernel by σ_w and every bias by σ_b.
-
-    Parameters drawn with ``init.gaussian(1.0)`` / ``init.gaussian_bias(1.0)`` and scaled are
-    exactly those of ``init.gaussian(σ_w)`` / ``init.gaussian_bias(σ_b)`` with the same key (all
-    draw σ · N(0, 1)); scaling inside one jitted function lets a single compilation cover every
-    (σ_w, σ_b) of a figure instead of one per value.
-    """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf * (sigma_w if path[-1].key == "kernel" else sigma_b), params
-    )
-
-
 def signal_propagation(st: Settings, key) -> dict:
     """Measured and predicted (q^l, c^l), l = 1 … depth, for three σ_w² at σ_b² = 0.05."""
     n, depth = st.prop_width, st.prop_depth
@@ -299,7 +223,7 @@ def signal_propagation(st: Settings, key) -> dict:
     )
 
     def one(sw2, x, k):
-        params = _scaled(model.init(k, x), jnp.sqrt(sw2), math.sqrt(SIGMA_B2))
+        params = rescaled(model.init(k, x), jnp.sqrt(sw2), math.sqrt(SIGMA_B2))
         hs = trajectory(model.chain(params, x))  # post-activations h_1 … h_L
         p = params["params"]
         z1 = x @ p["input"]["kernel"] + p["input"]["bias"][None, :]
@@ -348,70 +272,17 @@ def figure_signal_propagation(
       axes: 2 axes, for q^l and c^l (default: a new figure).
 
     Returns:
-      The Figure drawn into.
+      The Figure drawn into (:func:`gradflow.plots.q_c_maps`).
     """
-    prop = _io.by_label(data)
-    created = axes is None
-    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(11.5, 4.4))
-    colors = {"ordered": "tab:blue", "critical": "k", "chaotic": "tab:red"}
-    styles = ("-", "--")
-    for label, r in prop.items():
-        layers = np.arange(1, r["q"].shape[1] + 1)
-        col = colors[label]
-        for i in range(len(STARTS)):
-            q, c = r["q"][:, :, i], r["c"][:, :, i]  # (samples, L)
-            axes[0].plot(layers, r["q_theory"][:, i], styles[i], color=col, lw=1.4)
-            axes[0].errorbar(
-                layers,
-                q.mean(0),
-                yerr=q.std(0, ddof=1),
-                fmt="o",
-                ms=3,
-                color=col,
-                capsize=2,
-                lw=0.8,
-            )
-            axes[1].plot(layers, r["c_theory"][:, i], styles[i], color=col, lw=1.4)
-            axes[1].errorbar(
-                layers,
-                c.mean(0),
-                yerr=c.std(0, ddof=1),
-                fmt="o",
-                ms=3,
-                color=col,
-                capsize=2,
-                lw=0.8,
-            )
-        axes[0].plot([], [], "-", color=col, label=rf"{label}: $\sigma_w^2$ = {r['sigma_w2']:.3g}")
-    axes[0].plot(
-        [],
-        [],
-        "o",
-        color="gray",
-        label=f"width-{width} nets (mean ± sd, {seeds} seeds × {PAIRS} pairs)",
+    return plots.q_c_maps(
+        _io.by_label(data),
+        sigma_b2=SIGMA_B2,
+        starts=STARTS,
+        pairs=PAIRS,
+        width=width,
+        seeds=seeds,
+        axes=axes,
     )
-    axes[0].plot([], [], "-", color="gray", label="mean-field maps")
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("layer l")
-    axes[0].set_ylabel(r"length $q^l = \frac{1}{n}\|z^l\|^2$")
-    axes[0].set_title(
-        r"Length map $q^{l+1} = \sigma_w^2\,\mathbb{E}\phi(\sqrt{q^l}z)^2 + \sigma_b^2$"
-    )
-    axes[0].legend(fontsize=7.5, loc="center right")
-    axes[1].set_xlabel("layer l")
-    axes[1].set_ylabel(r"correlation $c^l$ of two inputs")
-    axes[1].set_title(r"Correlation map: $c^l \to c^*$ ($c^* = 1$ ordered, $< 1$ chaotic)")
-    axes[1].set_ylim(-0.05, 1.05)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    title = (
-        rf"tanh, $\sigma_b^2$ = {SIGMA_B2}: two input pairs (solid: $q^1$ = {STARTS[0][0]}, "
-        rf"$c^1$ = {STARTS[0][1]}; dashed: $q^1$ = {STARTS[1][0]}, $c^1$ = {STARTS[1][1]})"
-    )
-    if created:
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +320,7 @@ def jacobian_spectra(st: Settings, key) -> dict:
                 kx, kp = jax.random.split(k)
                 x = jax.random.normal(kx, (n,))
                 x = x * jnp.sqrt((q1 - sb2) / sw2 * n) / jnp.linalg.norm(x)  # q^1 = q1
-                params = _scaled(model.init(kp, x), math.sqrt(sw2), math.sqrt(sb2))
+                params = rescaled(model.init(kp, x), math.sqrt(sw2), math.sqrt(sb2))
                 products = jacobians.backward_products(model.chain(params, x))
                 # Only the full product ∂h_L/∂h_1 is needed: one SVD, not one per partial product.
                 sv = jnp.linalg.svd(products.unit[0], compute_uv=False)
@@ -496,66 +367,10 @@ def figure_jacobian_spectra(
       axes: 2 axes, tanh then ReLU (default: a new figure with a shared y axis).
 
     Returns:
-      The Figure drawn into.
+      The Figure drawn into (:func:`gradflow.plots.isometry_spectra`).
     """
-    spec = _io.by_label(data)
-    created = axes is None
-    fig, axes = plots.new_axes_grid(axes, nrows=1, ncols=2, figsize=(11.5, 4.4), sharey=True)
-    colors = {"gaussian": "tab:orange", "orthogonal": "tab:blue"}
-    for ax, act in zip(axes, ("tanh", "ReLU")):
-        for weights in theory.WEIGHTS:
-            r = spec[f"{act}/{weights}"]
-            log10 = r["log_lambda"][r["resolved"]] / np.log(10)
-            frac = r["resolved"].mean()
-            measured_var = np.exp(r["log_lambda"]).var()
-            bins = np.linspace(-6, 3, 91)
-            hist, edges = np.histogram(log10, bins=bins, density=True)
-            centers = 0.5 * (edges[1:] + edges[:-1])
-            ax.step(
-                centers,
-                hist * frac,
-                where="mid",
-                color=colors[weights],
-                alpha=0.8,
-                lw=1.2,
-                label=f"{weights} weights: finite nets (var λ = {measured_var:.2g})",
-            )
-            # density of log10 λ is λ ln10 ρ(λ); continuous part only
-            ax.plot(
-                np.log10(r["grid"]),
-                r["grid"] * np.log(10) * r["density"],
-                color=colors[weights],
-                lw=2.2,
-                alpha=0.9,
-                ls="--",
-                label=f"{weights}: free probability (var λ = {r['variance']:.2g})",
-            )
-        r = spec[f"{act}/gaussian"]
-        title = (
-            rf"{act} at criticality: $\sigma_w^2$ = {r['sigma_w2']:.3g}, $\sigma_b^2$ = "
-            rf"{r['sigma_b2']:.3g}"
-        )
-        if act == "ReLU":
-            title += "\n(atom of mass ½ at λ = 0 not shown)"
-        else:
-            title += rf", $q^*$ = {q_star:g}"
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(
-            r"$\log_{10}\lambda$, $\lambda$ = squared singular value of $\partial h_L/\partial h_1$"
-        )
-        ax.set_yscale("log")
-        ax.set_ylim(1e-3, 50)
-        ax.set_xlim(-6, 3)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel(r"density of $\log_{10}\lambda$")
-    if created:
-        fig.suptitle(
-            f"Dynamical isometry: L = {depth - 1} layers, width {width}, {seeds} seeds",
-            fontsize=10,
-        )
-        fig.tight_layout()
-    return fig
+    sizes = {"width": width, "depth": depth, "seeds": seeds, "q_star": q_star}
+    return plots.isometry_spectra(_io.by_label(data), **sizes, axes=axes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,50 +400,13 @@ def figure_depth_scales(data: Mapping[str, np.ndarray], *, ax: Axes | None = Non
       ax: axes to draw into (default: a new figure).
 
     Returns:
-      The Figure drawn into.
+      The Figure drawn into (:func:`gradflow.plots.depth_scales`).
     """
-    xi = data
-    created = ax is None
-    fig, ax = plots.new_axes(ax, figsize=(8.2, 5.0))
-    colors = ("tab:green", "k", "tab:purple")
-    sw2 = xi["sigma_w2"]
-    for sb2, col in zip(XI_SIGMA_B2, colors):
-        xc = np.where(np.isfinite(xi[f"xi_c/{sb2}"]), xi[f"xi_c/{sb2}"], np.nan)
-        ax.plot(sw2, xc, color=col, lw=1.8, label=rf"$\xi_c$, $\sigma_b^2$ = {sb2}")
-        ax.plot(
-            sw2,
-            6 * xc,
-            color=col,
-            lw=1.0,
-            ls="--",
-            label=rf"$6\xi_c$ (trainable depth), $\sigma_b^2$ = {sb2}",
-        )
-        ax.plot(sw2, xi[f"xi_q/{sb2}"], color=col, lw=0.9, ls=":")
-        ax.axvline(xi[f"critical/{sb2}"], color=col, lw=0.6, alpha=0.6)
-    mid = np.where(np.isfinite(xi[f"xi_c/{SIGMA_B2}"]), xi[f"xi_c/{SIGMA_B2}"], np.nan)
-    ax.fill_between(
-        sw2,
-        1,
-        6 * mid,
-        color="gray",
-        alpha=0.12,
-        label=rf"trainable region $L < 6\xi_c$ ($\sigma_b^2$ = {SIGMA_B2})",
+    fields = ("xi_c", "xi_q", "critical")
+    xi_c, xi_q, critical = ({s: data[f"{k}/{s}"] for s in XI_SIGMA_B2} for k in fields)
+    return plots.depth_scales(
+        data["sigma_w2"], xi_c, xi_q, critical, trainable_sigma_b2=SIGMA_B2, ax=ax
     )
-    ax.plot([], [], ":", color="gray", label=r"$\xi_q$ (length depth scale)")
-    ax.set_yscale("log")
-    ax.set_ylim(0.5, 3e3)
-    ax.set_xlabel(r"weight variance $\sigma_w^2$")
-    ax.set_ylabel("depth (layers)")
-    ax.set_title(
-        r"Depth scales of tanh networks: $\xi_c^{-1} = -\log\chi_c$ diverges on the "
-        "edge of chaos (vertical lines)",
-        fontsize=10,
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7.5, ncol=2, loc="upper left")
-    if created:
-        fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------

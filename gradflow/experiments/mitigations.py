@@ -414,8 +414,8 @@ def _train_recurrent(cfg: Config, task: tasks.SequenceTask, kind: str, lengths: 
     """All (length, variant, seed) runs of one model on one task, in one compiled ``vmap``."""
     t_max = max(lengths)
     model = _rnn_model(kind, cfg.rnn_width, task.out_features)
-    final_loss = train._final_state_loss(model, task.loss)
-    readout = train._final_outputs(model)
+    final_loss = train.pascanu.final_state_loss(model, task.loss)
+    readout = model.readout
 
     def outputs_and_chain(params, u, start):
         chain = _masked_chain(model.chain(params, u), tasks.active_steps(t_max, start))

@@ -15,6 +15,7 @@ __all__ = [
     "dense_params",
     "kernel_params",
     "readout",
+    "model_readout",
     "resolve_dtype",
     "bcast",
     "normalize",
@@ -108,6 +109,11 @@ def readout(layer, h):
     """The affine map ``h @ kernel + bias``; h of shape (..., n) -> (..., out)."""
     z = h @ layer["kernel"]
     return z + bcast(layer["bias"], z)
+
+
+def model_readout(params, h):
+    """A model's ``readout`` layer (params wrapped or bare) applied to h: (..., n) -> (..., out)."""
+    return readout(unwrap(params)["readout"], h)
 
 
 def check_input_width(module, x, name: str = "x") -> None:

@@ -325,6 +325,19 @@ class CNN(nn.Module):
         """The last feature map h_depth, ``(*spatial, C)`` or ``(B, *spatial, C)``."""
         return final_state(self.chain(params, x))
 
+    def readout(self, params, h):
+        """Global average pooling, then the Dense readout; ``apply == readout ∘ features``.
+
+        Args:
+          params: as returned by ``init`` (or the inner dict).
+          h: last feature map (:meth:`features`), ``(*spatial, C)`` or ``(B, *spatial, C)``.
+
+        Returns:
+          Array ``(out_features,)`` or ``(B, out_features)``.
+        """
+        pooled = jnp.mean(h, axis=tuple(range(h.ndim - 1 - self.dims, h.ndim - 1)))
+        return _common.model_readout(params, pooled)
+
     @nn.compact
     def __call__(self, x):
         """Forward pass: ``(*spatial, c_in)`` -> ``(out_features,)``, or batched -> ``(B, out)``."""
@@ -345,9 +358,7 @@ class CNN(nn.Module):
                 "readout", _common.dense_params(kinit, _init.zeros(), c, self.out_features, dtype)
             ),
         }
-        h = self.features(p, x)
-        pooled = jnp.mean(h, axis=tuple(range(h.ndim - 1 - self.dims, h.ndim - 1)))
-        return _common.readout(p["readout"], pooled)
+        return self.readout(p, self.features(p, x))
 
 
 # --------------------------------------------------------------------------------------------

@@ -144,6 +144,18 @@ class MLP(nn.Module):
         """The last hidden state h_depth, shape ``(n,)`` or ``(B, n)``."""
         return final_state(self.chain(params, x))
 
+    def readout(self, params, h):
+        """The readout layer h @ kernel + bias: ``apply(params, x) == readout(params, features)``.
+
+        Args:
+          params: as returned by ``init`` (or the inner dict).
+          h: last hidden state (:meth:`features`), shape ``(n,)`` or ``(B, n)``.
+
+        Returns:
+          Array ``(out_features,)`` or ``(B, out_features)``.
+        """
+        return _common.model_readout(params, h)
+
     @nn.compact
     def __call__(self, x):
         """Forward pass; ``x`` ``(d,)`` or ``(B, d)`` -> ``(out_features,)`` or ``(B, out)``."""
@@ -163,4 +175,4 @@ class MLP(nn.Module):
                 "readout", _common.dense_params(kinit, _init.zeros(), n, self.out_features, dtype)
             ),
         }
-        return _common.readout(p["readout"], self.features(p, x))
+        return self.readout(p, self.features(p, x))

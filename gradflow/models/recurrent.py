@@ -86,7 +86,15 @@ class _Recurrent(nn.Module):
     def _h0(self, batch_shape, dtype):
         return jnp.zeros(batch_shape + (self.width,), dtype)
 
-    def _output_state(self, state):
+    def output_state(self, state):
+        """The hidden vector read out from a chain state: the state itself (the LSTM's h).
+
+        Args:
+          state: a chain state, shape ``(n,)`` or ``(B, n)``.
+
+        Returns:
+          The same array.
+        """
         return state
 
     def _input_extra(self):
@@ -129,7 +137,21 @@ class _Recurrent(nn.Module):
 
     def features(self, params, u):
         """The final hidden vector h_T, shape ``(n,)`` or ``(B, n)``."""
-        return self._output_state(final_state(self.chain(params, u)))
+        return self.output_state(final_state(self.chain(params, u)))
+
+    def readout(self, params, state):
+        """The readout layer; ``apply(params, u) == readout(params, features(params, u))``.
+
+        Args:
+          params: as returned by ``init`` (or the inner dict).
+          state: the final hidden vector h_T (:meth:`features`), shape ``(n,)`` or ``(B, n)``, or
+            the chain's final state (for an LSTM the ``(c, h)`` pair), as :meth:`output_state`
+            takes.
+
+        Returns:
+          Array ``(out_features,)`` or ``(B, out_features)``.
+        """
+        return _common.model_readout(params, self.output_state(state))
 
     @nn.compact
     def __call__(self, u):
@@ -151,7 +173,7 @@ class _Recurrent(nn.Module):
                 _common.dense_params(_init.lecun(), _init.zeros(), n, self.out_features, dtype),
             ),
         }
-        return _common.readout(p["readout"], self.features(p, u))
+        return self.readout(p, self.features(p, u))
 
 
 class RNN(_Recurrent):
@@ -191,8 +213,17 @@ class LSTM(_Recurrent):
         z = jnp.zeros(batch_shape + (self.width,), dtype)
         return (z, z)
 
-    def _output_state(self, state):
-        return state[1]
+    def output_state(self, state):
+        """h from the chain state ``(c, h)``; an ``h`` alone (:meth:`features`) is returned as is.
+
+        Args:
+          state: the pair ``(c, h)`` of arrays ``(n,)`` or ``(B, n)``, or ``h`` alone.
+
+        Returns:
+          h, shape ``(n,)`` or ``(B, n)``.
+        """
+        # readout takes both the chain's final state and features' h_T: an h is an array.
+        return state[1] if isinstance(state, (tuple, list)) else state
 
     def chain(self, params, u) -> Chain:
         ch = super().chain(params, u)

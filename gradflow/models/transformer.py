@@ -491,12 +491,24 @@ class Transformer(nn.Module):
         """The last token matrix X_L (before any final norm), ``(T, dim)`` or ``(B, T, dim)``."""
         return final_state(self.chain(params, x))
 
-    def head(self, params, h):
-        """Final LayerNorm (pre-LN) and the per-token readout: ``(…, T, dim) -> (…, T, out)``."""
+    def readout(self, params, h):
+        """Final LayerNorm (pre-LN) and the per-token readout; ``apply == readout ∘ features``.
+
+        Args:
+          params: as returned by ``init`` (or the inner dict).
+          h: last token matrix (:meth:`features`), ``(T, dim)`` or ``(B, T, dim)``.
+
+        Returns:
+          Array ``(T, out_features)`` or ``(B, T, out_features)``.
+        """
         p = _common.unwrap(params)
         if self.has_final_norm:
             h = layer_norm(h, p["final_norm"])
         return _common.readout(p["readout"], h)
+
+    def head(self, params, h):
+        """The same as :meth:`readout` (its earlier name): ``(…, T, dim) -> (…, T, out)``."""
+        return self.readout(params, h)
 
     @nn.compact
     def __call__(self, x):
@@ -528,4 +540,4 @@ class Transformer(nn.Module):
         p["readout"] = self.param(
             "readout", _common.dense_params(self.kernel_init, zeros, d, self.out_features, dtype)
         )
-        return self.head(p, self.features(p, x))
+        return self.readout(p, self.features(p, x))

@@ -1,4 +1,4 @@
-"""Matrix-free estimators on a chain: partial-Jacobian norms from random probes.
+"""Partial-Jacobian norms of a chain from random probes, without forming a Jacobian.
 
 The averaged partial Jacobian norm (APJN) of Doshi, He & Gromov ("Critical initialization of wide
 and deep neural networks using partial Jacobians: general theory and applications", NeurIPS 2023,
@@ -48,18 +48,16 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Layer, check_chain, state_shapes
+from gradflow.chain import Layer, state_shapes
 from gradflow.chain.passes import flat_fn, flat_segments, pullback, scan_or_call
+from gradflow.matfree._common import PROBES, flat_sizes
 
 __all__ = [
     "PartialJacobianNorms",
     "partial_jacobian_norms",
     "partial_jacobian_norms_to",
     "exact_partial_jacobian_norms",
-    "PROBES",
 ]
-
-PROBES = ("normal", "rademacher")
 
 
 class PartialJacobianNorms(NamedTuple):
@@ -119,27 +117,16 @@ def _check_key(key):
 
 
 def _check_layer(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = _checks.integer(name, value)
     if not lo <= value <= hi:
         raise ValueError(f"{name} must satisfy {lo} <= {name} <= {hi}, got {value}")
-    return int(value)
+    return value
 
 
 def _check_probes(probes) -> str:
     if probes not in PROBES:
         raise ValueError(f"probes must be one of {PROBES}, got {probes!r}")
     return probes
-
-
-def _sizes(sc) -> list[int]:
-    """N_k, the flat size of h_k, for k = 0 … K."""
-    shapes = state_shapes(sc)
-    size = lambda tree: int(sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
-    out = []
-    for seg, h in zip(sc.segments, shapes[:-1]):
-        out += [size(h)] * seg.length
-    return out + [size(shapes[-1])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +231,7 @@ def _summarise(log_norms, m_eff: int, exact: bool):
 @functools.partial(jax.jit, static_argnames=("start", "num_samples", "probes"))
 def _forward_estimate(sc, key, *, start: int, num_samples: int, probes: str):
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(sc.h0))
-    n = _sizes(sc)[start]
+    n = flat_sizes(sc)[start]
     rows = _draw(key, num_samples, n, dtype, probes)
     return _summarise(_push_forward(sc, start, rows), num_samples, exact=False)
 
@@ -252,7 +239,7 @@ def _forward_estimate(sc, key, *, start: int, num_samples: int, probes: str):
 @functools.partial(jax.jit, static_argnames=("start",))
 def _forward_exact(sc, *, start: int):
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(sc.h0))
-    n = _sizes(sc)[start]
+    n = flat_sizes(sc)[start]
     return _summarise(_push_forward(sc, start, jnp.eye(n, dtype=dtype)), n, exact=True)
 
 
@@ -309,7 +296,7 @@ def partial_jacobian_norms(
       numerical test). Hutchinson, "A stochastic estimator of the trace of the influence matrix
       for Laplacian smoothing splines", 1990.
     """
-    sc = check_chain(chain)
+    sc = _checks.check_chain("chain", chain)
     if sc.length < 1:
         raise ValueError("chain must have at least one step")
     start = _check_layer("start", start, 0, sc.length - 1)
@@ -318,7 +305,7 @@ def partial_jacobian_norms(
     key = _check_key(key)
     log_sq, rel = _forward_estimate(sc, key, start=start, num_samples=num_samples, probes=probes)
     targets = np.arange(start + 1, sc.length + 1)
-    return _result(log_sq, rel, _sizes(sc), np.full_like(targets, start), targets)
+    return _result(log_sq, rel, flat_sizes(sc), np.full_like(targets, start), targets)
 
 
 def exact_partial_jacobian_norms(chain, *, start: int = 0) -> PartialJacobianNorms:
@@ -336,13 +323,13 @@ def exact_partial_jacobian_norms(chain, *, start: int = 0) -> PartialJacobianNor
     Returns:
       :class:`PartialJacobianNorms` with ``K − start`` entries and ``rel_std_err`` = 0.
     """
-    sc = check_chain(chain)
+    sc = _checks.check_chain("chain", chain)
     if sc.length < 1:
         raise ValueError("chain must have at least one step")
     start = _check_layer("start", start, 0, sc.length - 1)
     log_sq, rel = _forward_exact(sc, start=start)
     targets = np.arange(start + 1, sc.length + 1)
-    return _result(log_sq, rel, _sizes(sc), np.full_like(targets, start), targets)
+    return _result(log_sq, rel, flat_sizes(sc), np.full_like(targets, start), targets)
 
 
 @functools.partial(jax.jit, static_argnames=("stop", "num_samples", "probes"))
@@ -362,7 +349,7 @@ def _reverse_estimate(sc, key, *, stop: int, num_samples: int, probes: str):
         )
         offset += take
     dtype = segments[0].inputs.dtype
-    n = _sizes(sc)[stop]
+    n = flat_sizes(sc)[stop]
     rows = _draw(key, num_samples, n, dtype, probes)
     # pullback renormalises the whole block of rows jointly; each row's own norm is recovered
     # from the unit block (rows of one block differ in norm by O(1) factors, no underflow).
@@ -402,7 +389,7 @@ def partial_jacobian_norms_to(
     References:
       Doshi, He & Gromov, arXiv:2111.12143, §2 (Def. 2.2).
     """
-    sc = check_chain(chain)
+    sc = _checks.check_chain("chain", chain)
     if sc.length < 1:
         raise ValueError("chain must have at least one step")
     stop = sc.length if stop is None else stop
@@ -412,4 +399,4 @@ def partial_jacobian_norms_to(
     key = _check_key(key)
     log_sq, rel = _reverse_estimate(sc, key, stop=stop, num_samples=num_samples, probes=probes)
     sources = np.arange(stop)
-    return _result(log_sq, rel, _sizes(sc), sources, np.full_like(sources, stop))
+    return _result(log_sq, rel, flat_sizes(sc), sources, np.full_like(sources, stop))
