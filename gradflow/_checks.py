@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -20,7 +19,6 @@ __all__ = [
     "as_float_array",
     "as_matrices",
     "default_float",
-    "check_chain",
 ]
 
 
@@ -158,39 +156,3 @@ def as_matrices(name: str, a, square: bool = False) -> jax.Array:
 def default_float():
     """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
     return jax.dtypes.canonicalize_dtype(jnp.float64)
-
-
-def check_chain(name: str, value, *, segmented: bool = True, values: bool = True):
-    """The chain-argument check, run in Python before tracing; raises naming ``name``.
-
-    Args:
-      name: the argument's name, for the messages.
-      value: the argument.
-      segmented: accept a :class:`~gradflow.chain.Segmented` chain as well as a
-        :class:`~gradflow.chain.Chain` (every analysis); False for tools that need one
-        ``lax.scan`` of identically shaped steps (Pascanu's Ω).
-      values: also check that the concrete h0, parameters and step inputs are finite and that the
-        steps return floating arrays of consistent shapes (:func:`gradflow.chain.check_chain`);
-        False for a chain rebuilt inside a traced loss, where only its type is known up front.
-
-    Returns:
-      With ``segmented``, ``value`` as a :class:`~gradflow.chain.Segmented` chain (a Chain becomes
-      one segment); otherwise the :class:`~gradflow.chain.Chain` itself.
-
-    Raises:
-      TypeError: ``"{name} must be a gradflow.chain.Chain[ or Segmented chain], got {type}"``, or a
-        step whose output is not a pytree of floating arrays.
-      ValueError: for NaN/inf values or a Scan step changing the state's shape.
-    """
-    # The chain types live a layer above this module (gradflow.chain.core imports it), so they
-    # are not imported here: a chain can only exist once gradflow.chain.core is loaded, and if it
-    # is not, ``value`` is no chain. The value checks and the messages are chain.core's own.
-    core = sys.modules.get("gradflow.chain.core")
-    kinds = () if core is None else (core.Chain, core.Segmented) if segmented else (core.Chain,)
-    if not isinstance(value, kinds):
-        what = "gradflow.chain.Chain or Segmented chain" if segmented else "gradflow.chain.Chain"
-        raise TypeError(f"{name} must be a {what}, got {type(value).__name__}")
-    if values:
-        sc = core.check_chain(value, name)
-        return sc if segmented else value
-    return core.as_segmented(value, name) if segmented else value

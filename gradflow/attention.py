@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradflow import _checks
-from gradflow.chain import trajectory
+from gradflow.chain import as_segmented, trajectory
 
 __all__ = [
     "RankCollapse",
@@ -225,7 +225,7 @@ def chain_token_stats(chain, *, norm: str = "composite") -> TokenStats:
       ValueError: for an unknown ``norm`` or states that are not token matrices.
     """
     _check_norm(norm)
-    h0 = _checks.check_chain("chain", chain, values=False).h0
+    h0 = as_segmented(chain).h0
     if not hasattr(h0, "shape"):
         raise TypeError(f"chain state must be one array, got {type(h0).__name__}")
     hs = trajectory(chain)

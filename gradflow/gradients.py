@@ -25,7 +25,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Segmented
+from gradflow.chain import Segmented, check_chain
 from gradflow.chain.passes import flat_segments, pullback
 
 __all__ = [
@@ -516,7 +516,7 @@ def chain_grad_norms(chain, loss_fn: Callable, *, head_params=None, head_name: s
     Raises:
       TypeError: if ``chain`` is not a chain or ``loss_fn`` is not callable.
     """
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     _, logs = _chain_log_norms(sc, loss_fn, head_params, head_params is not None)
@@ -540,7 +540,7 @@ def state_grad_norms(chain, loss_fn: Callable[[Any], jax.Array], *, log10: bool 
     Returns:
       Array ``(K + 1,)``; entry k is ‖∂L/∂h_k‖ (Euclidean norm of the flattened state).
     """
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     states, _ = _chain_log_norms(sc, loss_fn, None, False)

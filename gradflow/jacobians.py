@@ -23,7 +23,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Chain, Segmented, final_state
+from gradflow.chain import Chain, Segmented, check_chain, final_state
 from gradflow.chain.passes import flat_segments, identity_rows, pullback, scan_or_call
 
 __all__ = [
@@ -161,7 +161,7 @@ def step_jacobians(chain, *, mode: str = "auto"):
       ``(L_i, n_out, n_in)`` per segment.
     """
     _check_mode(mode)
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     out = _step_jacobians(sc, mode)
     return out[0] if isinstance(chain, Chain) else out
 
@@ -231,7 +231,7 @@ def backward_products(chain, *, method: str = "vjp", mode: str = "auto"):
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     _check_mode(mode)
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     parts = _products(sc, method, mode)
     if isinstance(chain, Chain):
         return parts[0]
@@ -244,7 +244,7 @@ def end_to_end(chain) -> jax.Array:
     Returns:
       Array ``(m, n)``: sizes of h_K and h_0.
     """
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     h0_flat, unravel = ravel_pytree(sc.h0)
 
     def run(h):

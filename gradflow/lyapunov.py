@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks
-from gradflow.chain import Chain, Layer, Segmented, flat_step, state_shapes
+from gradflow.chain import Chain, Layer, Segmented, check_chain, flat_step, state_shapes
 from gradflow.chain.core import same_shapes
 from gradflow.chain.passes import flat_fn
 
@@ -152,7 +152,7 @@ def _advance(f):
 
 def _run_segmented(sc: Segmented, k, key, discard, record):
     """Benettin along a Segmented chain whose steps all keep the state's shape."""
-    sc = _checks.check_chain("chain", sc)
+    sc = check_chain(sc)
     shapes = state_shapes(sc)
     for i, (a, b) in enumerate(zip(shapes[:-1], shapes[1:])):
         if not same_shapes(a, b):
@@ -198,7 +198,7 @@ def _run(jacobians_or_chain, k, key, discard, record):
     if isinstance(jacobians_or_chain, Chain):
         chain = jacobians_or_chain
         # Also checks h0 and every step's output are floating point (state_shapes).
-        _checks.check_chain("chain", chain)
+        check_chain(chain)
         if chain.length < 1:
             raise ValueError(f"chain must have at least one step, got length {chain.length}")
         h0, f = flat_step(chain)

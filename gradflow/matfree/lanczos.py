@@ -19,7 +19,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Chain, Segmented, flat_step, trajectory
+from gradflow.chain import Chain, Segmented, check_chain, flat_step, trajectory
 from gradflow.chain.passes import flat_segments, scan_or_call
 from gradflow.matfree._common import flat_sizes
 
@@ -298,12 +298,12 @@ def top_singular_values(
     if isinstance(chain_or_matrix, Chain):
         chain = chain_or_matrix
         # Also checks h0 and every step's output are floating point (state_shapes).
-        _checks.check_chain("chain", chain)
+        check_chain(chain)
         start, stop = _check_range(chain, start, stop)
         k, num_iters = _check_k_iters(k, num_iters, chain.state_size, chain.state_size)
         return _first(_top_chain(chain, key, start, stop, num_iters=num_iters), k)
     if isinstance(chain_or_matrix, Segmented):
-        sc = _checks.check_chain("chain", chain_or_matrix)
+        sc = check_chain(chain_or_matrix)
         start, stop = _check_range(sc, start, stop)
         sizes = flat_sizes(sc)
         n_in, m_out = sizes[start], sizes[stop]

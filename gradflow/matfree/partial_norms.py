@@ -48,7 +48,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _checks, _numerics
-from gradflow.chain import Layer, state_shapes
+from gradflow.chain import Layer, check_chain, state_shapes
 from gradflow.chain.passes import flat_fn, flat_segments, pullback, scan_or_call
 from gradflow.matfree._common import PROBES, flat_sizes
 
@@ -296,7 +296,7 @@ def partial_jacobian_norms(
       numerical test). Hutchinson, "A stochastic estimator of the trace of the influence matrix
       for Laplacian smoothing splines", 1990.
     """
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     if sc.length < 1:
         raise ValueError("chain must have at least one step")
     start = _check_layer("start", start, 0, sc.length - 1)
@@ -323,7 +323,7 @@ def exact_partial_jacobian_norms(chain, *, start: int = 0) -> PartialJacobianNor
     Returns:
       :class:`PartialJacobianNorms` with ``K − start`` entries and ``rel_std_err`` = 0.
     """
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     if sc.length < 1:
         raise ValueError("chain must have at least one step")
     start = _check_layer("start", start, 0, sc.length - 1)
@@ -389,7 +389,7 @@ def partial_jacobian_norms_to(
     References:
       Doshi, He & Gromov, arXiv:2111.12143, §2 (Def. 2.2).
     """
-    sc = _checks.check_chain("chain", chain)
+    sc = check_chain(chain)
     if sc.length < 1:
         raise ValueError("chain must have at least one step")
     stop = sc.length if stop is None else stop

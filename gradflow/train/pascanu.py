@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradflow import _checks
 from gradflow import gradients as _gradients
 from gradflow.chain import Chain
 from gradflow.train._loop import LossFn
@@ -75,7 +74,8 @@ def pascanu_regularizer(chain: Chain, final_loss: Callable[[Any], jax.Array]) ->
       Scalar Ω / (K · B).
     """
     # Only the type: Ω is evaluated inside a traced loss, where the values are not known.
-    chain = _checks.check_chain("chain", chain, segmented=False, values=False)
+    if not isinstance(chain, Chain):
+        raise TypeError(f"chain must be a gradflow.chain.Chain, got {type(chain).__name__}")
     if not chain.shared:
         raise ValueError("pascanu_regularizer needs a recurrent chain (shared parameters)")
     per_step = chain.per_step()
