@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -19,6 +20,7 @@ __all__ = [
     "as_float_array",
     "as_matrices",
     "default_float",
+    "is_nnx_variable",
 ]
 
 
@@ -63,6 +65,13 @@ def names_or_none(name: str, value, what: str = "names") -> tuple[str, ...] | No
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{name} must be a sequence of {what} or None, got {value!r}")
     return tuple(str(v) for v in value)
+
+
+def is_nnx_variable(x) -> bool:
+    """Whether ``x`` is a ``flax.nnx.Variable`` (without importing flax.nnx: if it was never
+    imported there can be none)."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(x, nnx.Variable)
 
 
 def _is_concrete(x) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -111,13 +110,6 @@ def _key_name(key) -> str:
     return str(key)
 
 
-def _is_variable(x) -> bool:
-    # An nnx.Variable flattens to its value under a trailing ".value" key; stopping at the
-    # Variable keeps that key out of the names. If flax.nnx was never imported there are none.
-    nnx = sys.modules.get("flax.nnx")
-    return nnx is not None and isinstance(x, nnx.Variable)
-
-
 def _is_array(x) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex))
 
@@ -136,7 +128,11 @@ def _groups(arg: str, tree, depth: int) -> dict[str, list[tuple[int, Any]]]:
     """
     groups: dict[str, list[tuple[int, Any]]] = {}
     index = 0
-    for path, node in jax.tree_util.tree_flatten_with_path(_unwrap(tree), is_leaf=_is_variable)[0]:
+    # An nnx.Variable flattens to its value under a trailing ".value" key; stopping at the
+    # Variable keeps that key out of the names.
+    for path, node in jax.tree_util.tree_flatten_with_path(
+        _unwrap(tree), is_leaf=_checks.is_nnx_variable
+    )[0]:
         name = "/".join(_key_name(k) for k in path[:depth])
         for leaf in jax.tree_util.tree_leaves(node):
             if not _is_array(leaf):
