@@ -410,9 +410,16 @@ def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
 
     vjp, jac = fn("vjp"), fn("jacobians")
     ref = g.add(
-        records, wl, "gradflow backward_products (reverse mode: one vjp per step, default)",
-        C.jax_device(), lambda: vjp(params), repeats=repeats, check=None, extra=extra,
-        flops=sz["inits"] * steps * sz["width"] ** 3 * 2, peak=peak,
+        records,
+        wl,
+        "gradflow backward_products (reverse mode: one vjp per step, default)",
+        C.jax_device(),
+        lambda: vjp(params),
+        repeats=repeats,
+        check=None,
+        extra=extra,
+        flops=sz["inits"] * steps * sz["width"] ** 3 * 2,
+        peak=peak,
     )
     if ref is None:
         return
@@ -424,9 +431,17 @@ def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
         return {"max_abs_unit_diff": float(np.max(np.abs(np.asarray(got[0]) - np.asarray(ref[0]))))}
 
     g.add(
-        records, wl, "gradflow backward_products (method='jacobians': jacfwd step Jacobians + "
-        "matmul, the previous route)", C.jax_device(), lambda: jac(params), repeats=repeats,
-        check=check, extra=extra, flops=sz["inits"] * steps * sz["width"] ** 3 * 4, peak=peak,
+        records,
+        wl,
+        "gradflow backward_products (method='jacobians': jacfwd step Jacobians + "
+        "matmul, the previous route)",
+        C.jax_device(),
+        lambda: jac(params),
+        repeats=repeats,
+        check=check,
+        extra=extra,
+        flops=sz["inits"] * steps * sz["width"] ** 3 * 4,
+        peak=peak,
     )
 
 

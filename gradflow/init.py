@@ -188,9 +188,7 @@ def kumar_std(activation: _act.ActivationLike, fan_in: int) -> float:
         return math.sqrt(2.0 / ((1.0 + slope**2) * fan_in))
     d0, f0 = act.deriv_at_zero, act.value_at_zero
     if d0 == 0:
-        raise ValueError(
-            f"Kumar's rule needs φ'(0) ≠ 0; activation {act.name!r} has φ'(0) = 0"
-        )
+        raise ValueError(f"Kumar's rule needs φ'(0) ≠ 0; activation {act.name!r} has φ'(0) = 0")
     return 1.0 / math.sqrt(fan_in * d0**2 * (1.0 + f0**2))
 
 

@@ -86,8 +86,9 @@ def test_timed_call_must_return_the_checked_answer():
     group = bench_core._Group(records, 2, None)
     check = lambda r: C.check_close("x", [1.0, 2.0], r, rtol=1e-6)  # noqa: E731
     group.add(records, "w", "impl", "cpu", lambda: state["x"], repeats=2, check=check, extra={})
-    group.add(records, "w", "same", "cpu", lambda: np.array([1.0, 2.0]), repeats=2, check=check,
-              extra={})
+    group.add(
+        records, "w", "same", "cpu", lambda: np.array([1.0, 2.0]), repeats=2, check=check, extra={}
+    )
     state["x"] = np.array([1.0, 3.0])  # rebound after the check
     bench_core._flush()
     bad, good = records

@@ -46,8 +46,8 @@ def test_your_own_model_examples_run():
         tokens=tokens,
         targets=jnp.roll(tokens, 1),
         variables=model.init(jax.random.key(0), tokens),
-        cross_entropy=lambda logits, t: -jnp.mean(
-            jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], axis=-1)
+        cross_entropy=lambda logits, t: (
+            -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], axis=-1))
         ),
     )
     exec(transformer, namespace)
