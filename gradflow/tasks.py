@@ -14,13 +14,16 @@ extra), otherwise a generated 8×8 digit-like task with the same shapes (:func:`
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradflow import _checks
+from gradflow.chain import Chain
 
 __all__ = [
     "SequenceTask",
@@ -33,6 +36,8 @@ __all__ = [
     "memorization_target",
     "get",
     "active_steps",
+    "MaskedStep",
+    "masked_chain",
     "ImageData",
     "digits",
     "synthetic_images",
@@ -124,10 +129,58 @@ def _check_start(start, length, minimum):
 def active_steps(length: int, start) -> jax.Array:
     """``(T,)`` bool: which steps of a length-T sequence belong to a task that begins at ``start``.
 
-    Pair it with a chain whose step leaves the state unchanged on inactive steps (as the
-    mitigation study does) to train on several effective lengths in one compiled, ``vmap``-ed run.
+    Pair it with :func:`masked_chain`, whose step leaves the state unchanged on inactive steps
+    (as the mitigation study does), to train on several effective lengths in one compiled,
+    ``vmap``-ed run.
     """
     return jnp.arange(length) >= start
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedStep:
+    """A chain step that leaves the state unchanged on inactive (padding) steps.
+
+    ``MaskedStep(step)(theta, h, (x, active))`` is ``step(theta, h, x)`` where ``active`` is
+    True and ``h`` itself where it is False, leaf by leaf, so an inactive step's Jacobian
+    ∂h_{k+1}/∂h_k is exactly the identity and a padded sequence's final state, state gradients
+    and Pascanu's Ω (whose padding terms are then 0) are those of its active steps alone.
+
+    A frozen dataclass: two wrappers of the same step compare equal and hash alike, so a
+    :class:`gradflow.chain.Chain` holding one (a static field) does not recompile per call.
+
+    Attributes:
+      step: the wrapped ``step(theta, h, x) -> h_next``.
+    """
+
+    step: Callable[[Any, Any, Any], Any]
+
+    def __call__(self, theta, h, xa):
+        """One step; ``xa = (x, active)`` with ``active`` a bool scalar (one step's slice)."""
+        x, active = xa
+        new = self.step(theta, h, x)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, h)
+
+
+def masked_chain(chain: Chain, active) -> Chain:
+    """``chain`` with its steps frozen where ``active`` is False (see :class:`MaskedStep`).
+
+    Args:
+      chain: a :class:`gradflow.chain.Chain` of K steps (e.g. ``model.chain(params, u)``).
+      active: ``(K,)`` bool, e.g. :func:`active_steps` ``(K, start)``; may be traced.
+
+    Returns:
+      The :class:`gradflow.chain.Chain` with per-step inputs ``(xs, active)`` and step
+      ``MaskedStep(chain.step)``; params, h0, length, sharing and name are unchanged.
+    """
+    return Chain(
+        params=chain.params,
+        xs=(chain.xs, active),
+        h0=chain.h0,
+        step=MaskedStep(chain.step),
+        length=chain.length,
+        shared=chain.shared,
+        name=chain.name,
+    )
 
 
 def adding(key, batch: int, length: int, *, start=0):

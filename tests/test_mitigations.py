@@ -1,17 +1,15 @@
-"""The mitigation study (tiny configuration by default, the quick mode under -m slow) and the
-gradient-free baselines it uses."""
+"""The mitigation study (tiny configuration by default, the quick mode under -m slow); the
+gradient-free baselines it uses are tested in test_gradient_free.py."""
 
 import csv
 import io
 import json
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradflow import experiments, gradient_free
+from gradflow import experiments
 from gradflow.experiments import mitigations as M
 
 TINY = M.Config(
@@ -54,10 +52,6 @@ def _check_outputs(out, summary, cfg):
     rows = list(csv.DictReader(io.StringIO((d / "rnn.csv").read_text())))
     want = len(cfg.rnn_tasks) * len(cfg.rnn_models) * len(M.RNN_VARIANTS) * len(cfg.lengths)
     assert len(rows) == want
-    for r in summary["rnn"]:
-        assert 0 <= r["success_rate"] <= 1
-    for r in summary["mlp"]:
-        assert 0 <= r["final_accuracy_mean"] <= 1
     assert "| method |" in (d / "table.md").read_text()
 
 
@@ -123,60 +117,3 @@ def test_tables_from_records():
     assert [r["success_rate"] for r in rows] == [0.5, 0.0]
     # median test error of (0.001, 0.5) is 0.2505, printed to 3 significant figures
     assert "| adding | LSTM | SGD-C | 0.50 [0.251] | 0.00 [0.25] |" in M.rnn_markdown(rows, M.QUICK)
-
-
-# --- gradient-free baselines ----------------------------------------------------------------
-
-
-def _quadratic(dim=5):
-    target = jnp.linspace(-1.0, 1.0, dim)
-    return {"w": jnp.zeros(dim)}, lambda p, b: jnp.sum((p["w"] - target) ** 2), target
-
-
-def test_evolution_strategy_minimises_a_quadratic(key):
-    params, loss, target = _quadratic()
-    res = gradient_free.evolution_strategy(
-        loss,
-        params,
-        jnp.zeros((200,)),
-        key=key,
-        population=8,
-        sigma=0.1,
-        learning_rate=0.05,
-        eval_fn=lambda p: loss(p, None),
-        monitor_every=50,
-    )
-    assert res.loss.shape == (200,) and res.metrics.shape == (4,)
-    # from loss 2.5 (‖target‖²) to < 1 % of it: Adam steps of 0.05 over 200 steps cover the
-    # distance ≤ 1 per coordinate with room to settle; the ES estimate is noisy, not biased.
-    assert float(res.final_metrics) < 0.01 * float(jnp.sum(target**2))
-    assert res.evaluations_per_step == 17
-
-
-def test_evolution_strategy_needs_no_gradient(key):
-    """A piecewise-constant loss (zero gradient almost everywhere) is still minimised."""
-    params = {"w": jnp.zeros(4)}
-    loss = lambda p, b: jnp.sum(p["w"] < 1.0).astype(jnp.float32)
-    assert float(jnp.abs(jax.grad(lambda p: loss(p, None) + 0.0)(params)["w"]).sum()) == 0
-    res = gradient_free.evolution_strategy(
-        loss, params, jnp.zeros((150,)), key=key, population=8, sigma=1.0, learning_rate=0.05
-    )
-    assert float(loss(res.params, None)) == 0.0
-
-
-def test_random_search_never_gets_worse_on_a_fixed_batch(key):
-    params, loss, _ = _quadratic()
-    res = gradient_free.random_search(loss, params, jnp.zeros((60,)), key=key, sigma=0.1)
-    assert np.all(np.diff(np.asarray(res.loss)) <= 0)  # it keeps θ when no candidate is better
-    assert float(res.loss[-1]) < float(loss(params, None))
-
-
-def test_searches_vmap_over_keys(key):
-    params, loss, _ = _quadratic()
-    keys = jax.random.split(key, 3)
-    run = lambda k: gradient_free.random_search(loss, params, jnp.zeros((10,)), key=k).loss
-    batched = jax.vmap(run)(keys)
-    # vmap vs separate runs of the same float32 program: equal to rounding (~1e-6 relative).
-    np.testing.assert_allclose(batched[1], run(keys[1]), rtol=1e-5)
-    with pytest.raises(ValueError, match="sigma"):
-        gradient_free.evolution_strategy(loss, params, jnp.zeros((2,)), key=key, sigma=0.0)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gradflow import chain as gf_chain
 from gradflow import tasks
 
 
@@ -98,6 +99,71 @@ def test_traced_start_matches_static(key):
     for static, traced in zip(all_tasks(5), jax.jit(all_tasks)(5)):  # one compile for all three
         for a, b in zip(static, traced):
             np.testing.assert_array_equal(a, b)
+
+
+# --- masked steps: several effective lengths in one compiled run ----------------------------
+
+
+def _tanh_step(theta, h, x):
+    return jnp.tanh(h @ theta["w"] + x)
+
+
+def _lstm_like_step(theta, h, x):
+    """A step whose state is a pytree (the (c, h) pair of an LSTM)."""
+    c, hh = h
+    c = 0.5 * c + jnp.tanh(hh @ theta["w"] + x)
+    return c, jnp.tanh(c)
+
+
+def test_masked_step_freezes_inactive_steps(key):
+    kw, kh, kx = jax.random.split(key, 3)
+    theta = {"w": jax.random.normal(kw, (4, 4)) / 2}
+    h = (jax.random.normal(kh, (4,)), jax.random.normal(kx, (4,)))
+    x = jnp.ones(4)
+    masked = tasks.MaskedStep(_lstm_like_step)
+    for a, b in zip(masked(theta, h, (x, jnp.array(False))), h):
+        np.testing.assert_array_equal(a, b)  # exactly the old state, leaf by leaf
+    for a, b in zip(masked(theta, h, (x, jnp.array(True))), _lstm_like_step(theta, h, x)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_masked_step_jacobian_is_identity_on_padding(key):
+    kw, kh = jax.random.split(key)
+    theta = {"w": jax.random.normal(kw, (5, 5))}
+    h, x = jax.random.normal(kh, (5,)), jnp.zeros(5)
+    masked = tasks.MaskedStep(_tanh_step)
+    jac = lambda active: jax.jacrev(lambda h: masked(theta, h, (x, active)))(h)  # noqa: E731
+    np.testing.assert_array_equal(jac(jnp.array(False)), jnp.eye(5))
+    np.testing.assert_array_equal(
+        jac(jnp.array(True)), jax.jacrev(lambda h: _tanh_step(theta, h, x))(h)
+    )
+
+
+def test_masked_chain_runs_only_the_active_steps(key):
+    """A sequence padded at the start ends in the state of the unpadded sequence (h0 is held
+    through the padding), and the masked step is hashable so jit traces once per shape."""
+    kw, kh, kx = jax.random.split(key, 3)
+    theta = {"w": jax.random.normal(kw, (3, 3)) / 2}
+    h0, xs = jax.random.normal(kh, (3,)), jax.random.normal(kx, (12, 3))
+    start = 5
+    traces = []
+
+    @jax.jit
+    def padded_final(start):
+        traces.append(1)
+        full = gf_chain.Chain(params=theta, xs=xs, h0=h0, step=_tanh_step, length=12, shared=True)
+        masked = tasks.masked_chain(full, tasks.active_steps(12, start))
+        assert masked.step == tasks.MaskedStep(_tanh_step)  # equal wrappers: one cache entry
+        assert (masked.length, masked.shared, masked.name) == (12, True, full.name)
+        return gf_chain.final_state(masked)
+
+    short = gf_chain.Chain(
+        params=theta, xs=xs[start:], h0=h0, step=_tanh_step, length=7, shared=True
+    )
+    # float32 scans of different lengths: equal up to rounding of the same operations
+    np.testing.assert_allclose(padded_final(start), gf_chain.final_state(short), rtol=1e-6)
+    np.testing.assert_array_equal(padded_final(12), h0)  # every step padding: h0 unchanged
+    assert len(traces) == 1  # start is traced: one compilation serves every effective length
 
 
 def test_same_key_same_data(key):
