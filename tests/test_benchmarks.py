@@ -18,6 +18,9 @@ from benchmarks import bench_core, peers_nt
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# A subprocess running the whole entry point (~9 s on 2 cores): the slow step. Checks, timing and
+# discovery are tested one by one in the default run below.
+@pytest.mark.slow
 def test_tiny_run_of_the_entry_point(tmp_path):
     # A subprocess: the entry point sets JAX's global matmul precision, which must not leak into
     # the rest of the test session.

@@ -162,9 +162,10 @@ def test_ci_builds_the_docs_and_runs_readmes_test_command():
 
 
 # --- docs/recipes.md runs as written ------------------------------------------------------------
+# 100 monitored training steps and three writers (~5 s on 2 cores): the slow step; monitor and
+# writers are tested in the default run (test_monitor.py, test_writers.py).
+@pytest.mark.slow
 def test_recipes_run(tmp_path, monkeypatch):
-    if not all(hasattr(gradflow.train, n) for n in ("monitor", "read_monitor", "grad_stats")):
-        pytest.skip("gradflow.train does not re-export monitor/read_monitor/grad_stats yet")
     monkeypatch.chdir(tmp_path)
     # wandb is not a dependency: a stand-in records what the recipe logs.
     logged = []

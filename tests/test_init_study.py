@@ -45,6 +45,9 @@ def test_init_points_are_the_library_initialisers(spec, x64):
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
 
 
+# End to end (two studies, ~8 s on 2 cores): the slow step. The sweep store's resume logic is also
+# tested in the default run (test_sweep.py).
+@pytest.mark.slow
 def test_tiny_study_writes_outputs_and_resumes(tmp_path):
     summary = init_study.study(tmp_path, TINY)
     for name in (

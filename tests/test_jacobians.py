@@ -7,8 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import gradflow as gf
 from gradflow.models import GRU, LSTM, MLP, RNN
@@ -297,54 +295,6 @@ def test_linear_gaussian_moment_formula_small_cases():
     # n = 1, L = 1: E[z⁴] = 3 for z ~ N(0, 1); n → ∞, L = 1: Marchenko–Pastur's second moment 2.
     assert _linear_gaussian_moment4(1, 1) == pytest.approx(3.0)
     assert _linear_gaussian_moment4(10**9, 1) == pytest.approx(2.0)
-
-
-# --- Pascanu's bound ------------------------------------------------------------------------------
-def _pascanu_check(width, steps, scale, seed, activation):
-    model = RNN(width=width, activation=activation)
-    rng = np.random.default_rng(seed)
-    u = rng.standard_normal((steps, 2))
-    params = ref.random_params(model, u, seed=seed)
-    params["params"]["recurrent"]["kernel"] *= scale
-    w = params["params"]["recurrent"]["kernel"]
-    lam1 = np.linalg.norm(w, 2)  # largest singular value of the recurrent kernel
-    gamma = gf.activations.get(activation).gamma
-    products = _products(model, params, u)
-    log_norm2 = np.asarray(products.log_spectral_norm())  # log ‖∂x_T/∂x_k‖₂, k = 0 … T−1
-    bound = (steps - np.arange(steps)) * math.log(gamma * lam1)
-    return log_norm2, bound
-
-
-@settings(max_examples=6, deadline=None, derandomize=True)
-@given(
-    width=st.integers(1, 4),
-    steps=st.integers(1, 6),
-    scale=st.floats(0.2, 6.0),
-    seed=st.integers(0, 2**16),
-    activation=st.sampled_from(["tanh", "sigmoid"]),
-)
-def test_pascanu_bound_never_violated(width, steps, scale, seed, activation):
-    # Pascanu et al. 2013 (arXiv:1211.5063) §3.1: ‖∂x_t/∂x_{t−1}‖ ≤ ‖Wᵀ‖‖diag σ'‖ ≤ λ₁γ, so
-    # ‖∂x_T/∂x_k‖₂ ≤ (γλ₁)^(T−k). In float64 the computed norms carry ~1e-15 relative error, so a
-    # 1e-9 slack in log space cannot hide a real violation.
-    with jax.enable_x64(True):
-        log_norm2, bound = _pascanu_check(width, steps, scale, seed, activation)
-    assert np.all(log_norm2 <= bound + 1e-9), (log_norm2, bound)
-
-
-@pytest.mark.parametrize("activation, gamma", [("tanh", 1.0), ("sigmoid", 0.25)])
-def test_pascanu_bound_is_attained_at_a_fixed_point_at_zero(x64, activation, gamma):
-    # One unit, zero input, x_0 = 0 and b = −w·σ(0): x_t = w·σ(0) + b = 0 for every t, where
-    # σ'(0) = γ for both tanh and sigmoid, so |∂x_T/∂x_k| = (γ|w|)^(T−k): the bound is attained,
-    # which shows the test above compares the right powers and the right constant.
-    w = 1.7
-    model = RNN(width=1, activation=activation)
-    u = np.zeros((6, 1))
-    params = ref.random_params(model, u)
-    params["params"]["input"]["bias"][:] = -w * gf.activations.get(activation).value_at_zero
-    params["params"]["recurrent"]["kernel"][:] = w
-    log_norm2 = np.asarray(_products(model, params, u).log_spectral_norm())
-    np.testing.assert_allclose(log_norm2, (6 - np.arange(6)) * math.log(gamma * w), rtol=1e-12)
 
 
 def test_input_output_jacobian_of_any_callable_closed_form(x64):

@@ -55,6 +55,9 @@ def _check_outputs(out, summary, cfg):
     assert "| method |" in (d / "table.md").read_text()
 
 
+# End to end (~15 s of compiling on 2 cores): the slow step, beside the quick study, which checks
+# the same outputs; the default run keeps the table/markdown tests below.
+@pytest.mark.slow
 def test_tiny_study_runs(tmp_path):
     summary = M.run(tmp_path, config=TINY)
     assert summary["mode"] == "custom"

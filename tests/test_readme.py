@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 README = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
 
@@ -32,6 +33,9 @@ class _Transformer(nn.Module):
         return nn.Dense(16, name="head")(x)
 
 
+# Compiles a Transformer chain's Lanczos and gradient norms (~12 s on 2 cores): the slow step; the
+# same adapters and analyses are tested in the default run (test_adapters.py, test_matfree.py).
+@pytest.mark.slow
 def test_your_own_model_examples_run():
     first, cnn, transformer = _blocks("What it does")[0], *_blocks("Your own model")
     namespace: dict = {}

@@ -2,12 +2,16 @@
 
 import math
 
+import _reference as ref
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gradflow as gf
 from gradflow import theory
+from gradflow.models import RNN
 
 
 # --- Pascanu, Mikolov & Bengio 2013 ---------------------------------------------------------------
@@ -48,6 +52,60 @@ def test_pascanu_rejects_bad_input():
         theory.pascanu_bound(1.0, 0.0, 3)
     with pytest.raises(ValueError, match="unknown activation"):
         theory.pascanu_bound(1.0, "tahn", 3)
+
+
+def _backward_products(model, params, x):
+    # One jit around chain construction and analysis: one XLA compilation, not one per primitive.
+    return jax.jit(lambda p, xx: gf.jacobians.backward_products(model.chain(p, xx)))(params, x)
+
+
+# Pascanu's bound on chains' backward products (moved from test_jacobians.py): hand-drawn float64
+# parameters, the bound written out from λ₁ and γ.
+def _pascanu_check(width, steps, scale, seed, activation):
+    model = RNN(width=width, activation=activation)
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((steps, 2))
+    params = ref.random_params(model, u, seed=seed)
+    params["params"]["recurrent"]["kernel"] *= scale
+    w = params["params"]["recurrent"]["kernel"]
+    lam1 = np.linalg.norm(w, 2)  # largest singular value of the recurrent kernel
+    gamma = gf.activations.get(activation).gamma
+    products = _backward_products(model, params, u)
+    log_norm2 = np.asarray(products.log_spectral_norm())  # log ‖∂x_T/∂x_k‖₂, k = 0 … T−1
+    bound = (steps - np.arange(steps)) * math.log(gamma * lam1)
+    return log_norm2, bound
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(
+    width=st.integers(1, 4),
+    steps=st.integers(1, 6),
+    scale=st.floats(0.2, 6.0),
+    seed=st.integers(0, 2**16),
+    activation=st.sampled_from(["tanh", "sigmoid"]),
+)
+def test_pascanu_bound_never_violated(width, steps, scale, seed, activation):
+    # Pascanu et al. 2013 (arXiv:1211.5063) §3.1: ‖∂x_t/∂x_{t−1}‖ ≤ ‖Wᵀ‖‖diag σ'‖ ≤ λ₁γ, so
+    # ‖∂x_T/∂x_k‖₂ ≤ (γλ₁)^(T−k). In float64 the computed norms carry ~1e-15 relative error, so a
+    # 1e-9 slack in log space cannot hide a real violation.
+    with jax.enable_x64(True):
+        log_norm2, bound = _pascanu_check(width, steps, scale, seed, activation)
+    assert np.all(log_norm2 <= bound + 1e-9), (log_norm2, bound)
+
+
+@pytest.mark.parametrize("activation, gamma", [("tanh", 1.0), ("sigmoid", 0.25)])
+def test_pascanu_bound_is_attained_at_a_fixed_point_at_zero(x64, activation, gamma):
+    # One unit, zero input, x_0 = 0 and b = −w·σ(0): x_t = w·σ(0) + b = 0 for every t, where
+    # σ'(0) = γ for both tanh and sigmoid, so |∂x_T/∂x_k| = (γ|w|)^(T−k): the bound is attained,
+    # which shows the test above compares the right powers and the right constant.
+    w = 1.7
+    model = RNN(width=1, activation=activation)
+    u = np.zeros((6, 1))
+    params = ref.random_params(model, u)
+    params["params"]["input"]["bias"][:] = -w * gf.activations.get(activation).value_at_zero
+    params["params"]["recurrent"]["kernel"][:] = w
+    log_norm2 = np.asarray(_backward_products(model, params, u).log_spectral_norm())
+    np.testing.assert_allclose(log_norm2, (6 - np.arange(6)) * math.log(gamma * w), rtol=1e-12)
 
 
 # --- Fuss–Catalan ---------------------------------------------------------------------------------
