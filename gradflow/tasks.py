@@ -26,6 +26,7 @@ from gradflow import _checks
 from gradflow.chain import Chain
 
 __all__ = [
+    "cross_entropy",
     "SequenceTask",
     "TASKS",
     "adding",
@@ -84,12 +85,25 @@ class SequenceTask(NamedTuple):
         return task_error(self.kind, outputs, y)
 
 
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy of integer class labels.
+
+    Args:
+      logits: ``(..., classes)`` unnormalised log-probabilities.
+      labels: ``(...)`` integer classes in ``[0, classes)``.
+
+    Returns:
+      The scalar mean of ``-log softmax(logits)[label]`` over every leading index.
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1))
+
+
 def task_loss(kind: str, outputs, y):
     if kind == "regression":
         return jnp.mean(jnp.square(outputs - y))
     if kind == "classification":
-        logp = jax.nn.log_softmax(outputs, axis=-1)
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1))
+        return cross_entropy(outputs, y)
     if kind == "bits":
         y = y.astype(outputs.dtype)
         return jnp.mean(

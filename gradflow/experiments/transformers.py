@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradflow import attention, jacobians, plots
+from gradflow import attention, jacobians, plots, tasks
 from gradflow.chain import trajectory
 from gradflow.experiments import _io
 from gradflow.models.transformer import Transformer, admin_omega
@@ -192,11 +192,6 @@ def uniform_attention(alphas, sigma_v2: float, cfg: Settings, depth: int, key):
     return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), out)
 
 
-def _cross_entropy(logits, labels):
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
-
-
 def last_ffn_grad_norms(model: Transformer, params, x, labels):
     """‖∂L_l/∂W^{2,l}‖_F for every l = 1 … depth, and E‖x_l‖²/dim for l = 0 … depth.
 
@@ -222,7 +217,7 @@ def last_ffn_grad_norms(model: Transformer, params, x, labels):
     def one(theta_b, h_in):
         def loss(w2):
             t = theta_b | {"mlp": theta_b["mlp"] | {"out": theta_b["mlp"]["out"] | {"kernel": w2}}}
-            return _cross_entropy(model.head(params, step.sublayer("mlp", t, h_in)), labels)
+            return tasks.cross_entropy(model.head(params, step.sublayer("mlp", t, h_in)), labels)
 
         return jnp.linalg.norm(jax.grad(loss)(theta_b["mlp"]["out"]["kernel"]))
 

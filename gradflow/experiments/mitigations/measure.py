@@ -97,18 +97,13 @@ def _stack(trees):
 # --------------------------------------------------------------------------------------------
 
 
-def _cross_entropy(logits, y):
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
-
-
 def _mlp_fns(model, data):
     """Loss on a batch of training indices, and test accuracy (data closed over as constants)."""
     xtr, ytr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     xte, yte = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
     def loss(params, idx):
-        return _cross_entropy(model.apply(params, xtr[idx]), ytr[idx])
+        return tasks.cross_entropy(model.apply(params, xtr[idx]), ytr[idx])
 
     def accuracy(params):
         return jnp.mean(jnp.argmax(model.apply(params, xte), -1) == yte)
