@@ -12,6 +12,7 @@ writer for the two formats gradflow stores; :func:`read_npz` reads the latter ba
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -21,7 +22,15 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_paths", "atomic_write", "write_json", "write_npz", "read_npz"]
+__all__ = [
+    "atomic_paths",
+    "atomic_write",
+    "write_json",
+    "write_npz",
+    "npz_bytes",
+    "read_npz",
+    "read_npz_bytes",
+]
 
 
 @contextlib.contextmanager
@@ -103,9 +112,22 @@ def write_npz(path, arrays: Mapping[str, Any], *, compressed: bool = False) -> P
     return atomic_write(path, lambda f: save(f, **arrays))
 
 
+def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
+    """The bytes :func:`write_npz` would write (uncompressed): to checksum before writing."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
 def read_npz(path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, name -> array, in the order they were saved."""
     with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_npz_bytes(data: bytes) -> dict[str, np.ndarray]:
+    """:func:`read_npz` of a file's bytes already in memory (read once, checksummed, parsed)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -45,9 +45,35 @@ def _cmd_figures(args) -> int:
     return 0
 
 
+def _cmd_verify(directory: str, quiet: bool) -> int:
+    from gradflow.sweep import store
+
+    check = store.verify(directory)
+    state = "complete" if check.complete else "not finished"
+    if check.holder is not None:
+        h = check.holder
+        state += f", being written by pid {h.pid} on {h.host!r} since {h.started}"
+    problems = check.problems
+    print(f"[gradflow] {directory}: {state}; {len(check.ok)}/{check.n_chunks} chunk(s) intact")
+    for line in problems:
+        print(f"[gradflow]   {line}")
+    if problems and not quiet:
+        print(
+            "[gradflow]   run the same sweep in this directory to recompute them",
+            file=sys.stderr,
+        )
+    return 1 if problems else 0
+
+
 def _cmd_sweep(args) -> int:
     from gradflow import sweep
 
+    if args.verify is not None:
+        if args.config is not None or args.out is not None:
+            raise ValueError("--verify DIR takes no CONFIG.toml and no --out")
+        return _cmd_verify(args.verify, args.quiet)
+    if args.config is None or args.out is None:
+        raise ValueError("sweep needs CONFIG.toml and --out DIR (or --verify DIR)")
     config = Path(args.config)
     if not config.is_file():
         raise ValueError(f"CONFIG {config} is not a file")
@@ -74,11 +100,17 @@ def _cmd_sweep(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradflow", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="list the experiments, one line each")
+    p = sub.add_parser("list", help="list the experiments, one line each", parents=[common])
     p.set_defaults(func=_cmd_list)
     p = sub.add_parser(
-        "figures", help="run experiments and write DIR/NAME/*.png plus their numbers"
+        "figures",
+        help="run experiments and write DIR/NAME/*.png plus their numbers",
+        parents=[common],
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
@@ -88,10 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_figures)
     p = sub.add_parser(
-        "sweep", help="run (or resume) the sweep described by a TOML file, chunk by chunk"
+        "sweep",
+        help="run (or resume) the sweep described by a TOML file, chunk by chunk",
+        parents=[common],
     )
-    p.add_argument("config", metavar="CONFIG.toml", help="sweep description (see examples/)")
-    p.add_argument("--out", required=True, help="results directory; rerun to resume")
+    p.add_argument(
+        "config", nargs="?", metavar="CONFIG.toml", help="sweep description (see examples/)"
+    )
+    p.add_argument("--out", help="results directory; rerun to resume")
+    p.add_argument(
+        "--verify",
+        metavar="DIR",
+        help="check a results directory (manifest, chunk checksums) without running anything; "
+        "exit status 1 if anything is damaged or missing",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--batch-size", type=int, help="configurations vmapped per device per step")
     p.add_argument("--memory-budget", help="bytes per device per chunk, e.g. 512MB (default 1GiB)")
@@ -102,13 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Runs the command; bad input (ValueError, TypeError, OSError such as an unwritable
-    ``--out``) is one ``gradflow: error: …`` line on stderr and exit status 2. Set
-    ``GRADFLOW_TRACEBACK=1`` to get the traceback instead."""
+    ``--out`` or a directory another run holds) is one ``gradflow: error: …`` line on stderr
+    and exit status 2. ``--debug`` (or ``GRADFLOW_TRACEBACK=1``) shows the traceback instead."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as exc:  # bad names/arguments/paths: one line
-        if os.environ.get("GRADFLOW_TRACEBACK"):
+        if args.debug or os.environ.get("GRADFLOW_TRACEBACK"):
             raise
         print(f"gradflow: error: {exc}", file=sys.stderr)
         return 2

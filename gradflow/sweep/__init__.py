@@ -12,9 +12,15 @@ A sweep is a set of named axes with their values (``seed``, ``sigma_w``, ``depth
   a memory budget. Inside the measurement they are 0-d traced arrays.
 
 Every chunk is written atomically (write to a temporary name, then rename) to ``out_dir/chunks/``
-and recorded in ``out_dir/manifest.json`` (config, gradflow/JAX versions, devices, wall time), so a
-sweep killed at any point resumes where it stopped: finished chunks are never recomputed, and a
-different config in the same directory raises ``ValueError`` instead of mixing results.
+and recorded with its SHA-256 in ``out_dir/manifest.json`` (config, gradflow/JAX versions,
+devices, wall time), so a sweep killed at any point resumes where it stopped: finished chunks are
+never recomputed, and a different config in the same directory raises ``ValueError`` instead of
+mixing results. One run writes a directory at a time (:mod:`~gradflow.sweep.lock`: a second one
+fails at once, naming the first's pid and host; a killed run leaves no lock behind). A truncated,
+zeroed, swapped, foreign or missing chunk is named and recomputed on resume and never returned as
+data by :func:`load`; a hand-edited manifest field is an error naming the field;
+``gradflow sweep --verify DIR`` (:func:`gradflow.sweep.store.verify`) checks a store without
+running anything.
 
 Results are :class:`LabelledArray` s (values + dimension names + coordinates), one per leaf of the
 measurement's output; :func:`load` reads a finished (or partial) directory back.

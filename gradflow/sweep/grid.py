@@ -19,7 +19,7 @@ from gradflow.sweep.measurements import Measurement, measurement
 
 __all__ = ["Sweep", "from_toml", "parse_bytes"]
 
-FORMAT = 1  # version of the config and store layout, recorded in every manifest
+FORMAT = 2  # version of the config and store layout, recorded in every manifest
 _DTYPES = ("float32", "float64")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

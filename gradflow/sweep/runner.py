@@ -4,6 +4,7 @@ every device, chunk by chunk into the store (resuming what is there), with a pro
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -26,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gradflow import _checks
-from gradflow.sweep import store
+from gradflow.sweep import lock, store
 from gradflow.sweep.grid import Sweep, parse_bytes
 from gradflow.sweep.results import SweepResult
 
@@ -50,6 +51,12 @@ class _Progress:
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def note(self, text: str):
+        """A line of its own (e.g. a damaged chunk found), even in plain logs."""
+        if not self.quiet:
+            self.stream.write(("\r\x1b[K" if self.tty else "") + f"[sweep] {text}\n")
+            self.stream.flush()
 
     def update(self, n: int, computed: bool, text: str, final: bool = False):
         self.chunks += 1 if n else 0
@@ -298,11 +305,8 @@ def run(
         raise ValueError("devices must name at least one device")
     if on_mismatch not in ("error", "replace"):
         raise ValueError(f"on_mismatch must be 'error' or 'replace', got {on_mismatch!r}")
-    if on_mismatch == "replace" and out_dir is not None:
-        if jax.process_index() == 0:
-            store.replace_if_different(Path(out_dir), sweep)
-        if jax.process_count() > 1:  # nobody reads the old manifest while process 0 deletes it
-            _sync("gradflow.sweep.replace")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"out_dir {out_dir} exists and is not a directory")
     if compile_workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
     else:
@@ -310,17 +314,27 @@ def run(
     if vmap_size is not None:
         vmap_size = _checks.positive_int("vmap_size", vmap_size)
     ex = _Exec(None if compiler_options is None else dict(compiler_options), vmap_size)
-    with jax.enable_x64(sweep.dtype == "float64"):
-        return _run(sweep, out_dir, batch_size, budget, devices, ex, workers, quiet, stream)
+    with contextlib.ExitStack() as held, jax.enable_x64(sweep.dtype == "float64"):
+        # One writer per directory, for the whole run (replacing a store included).
+        interrupted = None
+        if out_dir is not None and jax.process_index() == 0:
+            interrupted = held.enter_context(lock.locked(out_dir))
+        if on_mismatch == "replace" and out_dir is not None:
+            if jax.process_index() == 0:
+                store.replace_if_different(Path(out_dir), sweep)
+            if jax.process_count() > 1:  # nobody reads the old manifest while process 0 deletes
+                _sync("gradflow.sweep.replace")
+        return _run(
+            sweep, out_dir, batch_size, budget, devices, ex, workers, quiet, stream, interrupted
+        )
 
 
-def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet, stream):
+def _run(
+    sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet, stream, interrupted
+):
     t_start = time.perf_counter()
-    writer = jax.process_index() == 0
     out = None if out_dir is None else Path(out_dir)
-    if out is not None and out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} exists and is not a directory")
-    writer = writer and out is not None
+    writer = jax.process_index() == 0 and out is not None
     # Several hosts: process 0 creates or checks the store first, the others read it after.
     multi = out is not None and jax.process_count() > 1
     if multi and not writer:  # pragma: no cover - needs several hosts
@@ -335,11 +349,16 @@ def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet
         "vmap_size": ex.vmap_size,
         "chunks_computed": 0,
         "chunks_skipped": 0,
+        "chunks_repaired": {},
         "wall_s": 0.0,
+        # The lock's description of a run that ended without releasing it (killed), if any.
+        "after_interrupted": None if interrupted is None else interrupted._asdict(),
+        "temporaries_removed": 0,
     }
     manifest["sessions"].append(session)
     manifest["device"] = manifest["device"] or store.device_info(devices)
     if writer:
+        session["temporaries_removed"] = len(store.remove_temporaries(out))
         store.create_store(out, manifest)
     if multi and writer:  # pragma: no cover - needs several hosts
         _sync("gradflow.sweep.open")
@@ -389,7 +408,8 @@ def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet
                     "n_configs": n_batched,
                 }
             if out is not None and all(
-                store.chunk_path(out, s, j).exists() for j in range(layout["n_chunks"])
+                store.chunk_status(out, manifest, s, j).state == "ok"
+                for j in range(layout["n_chunks"])
             ):
                 return layout, None
             return layout, _compile(sweep, shapes[s], mesh, sharding, layout, n_dev, ex)
@@ -414,7 +434,9 @@ def _run(sweep, out_dir, batch_size, budget, devices, ex, compile_workers, quiet
                 sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev,
                 ex, progress, f"shape {s + 1}/{len(shapes)} [{labels[s]}]", t_start,
             )  # fmt: skip
-            blocks.append(_assemble(out, s, layout["n_chunks"], results, sweep.batched_shape))
+            blocks.append(
+                _assemble(out, manifest, s, layout["n_chunks"], results, sweep.batched_shape)
+            )
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -448,19 +470,19 @@ def _run_shape(
     chunk, n_chunks = layout["chunk_size"], layout["n_chunks"]
     n_batched = layout["n_configs"]
     ids = [store.chunk_id(s, j) for j in range(n_chunks)]
-    done = np.array(
-        [out is not None and store.chunk_path(out, s, j).exists() for j in range(n_chunks)]
-    )
-    done = _broadcast_done(done)
+    states = ["missing" if out is None else store.chunk_status(out, manifest, s, j).state
+              for j in range(n_chunks)]  # fmt: skip
+    done = _broadcast_done(np.array([st == "ok" for st in states]))
+    for j, st in enumerate(states):  # damage is named, then recomputed below
+        if not done[j] and (st in ("corrupt", "unlisted") or ids[j] in manifest["chunks"]):
+            manifest["sessions"][-1]["chunks_repaired"][ids[j]] = st
+            progress.note(f"chunk {ids[j]} is {st}: recomputing it")
     padded = -(-chunk // n_dev) * n_dev
     results: dict[int, dict[str, np.ndarray]] = {}
     for j in range(n_chunks):
         lo, hi = j * chunk, min((j + 1) * chunk, n_batched)
         label = f"{text} chunk {j + 1}/{n_chunks}"
         if done[j]:
-            if ids[j] not in manifest["chunks"]:
-                # Written by a run killed before it could update the manifest.
-                manifest["chunks"][ids[j]] = {"session": None, "configs": hi - lo}
             manifest["sessions"][-1]["chunks_skipped"] += 1
             progress.update(hi - lo, False, label)
             continue
@@ -475,28 +497,32 @@ def _run_shape(
         outputs = _flatten(fn(*args))
         arrays = {k: _gather(v)[: hi - lo] for k, v in outputs.items()}
         wall = time.perf_counter() - t0
-        if out is not None and writer:
-            store.write_chunk(out, s, j, arrays)
+        data, sha256 = store.chunk_bytes(arrays)
         if not writer:  # in memory, or a process that does not write: keep the arrays
             results[j] = arrays
         manifest["chunks"][ids[j]] = {
             "session": len(manifest["sessions"]) - 1,
             "configs": hi - lo,
             "wall_s": round(wall, 4),
+            "sha256": sha256,
         }
         session = manifest["sessions"][-1]
         session["chunks_computed"] += 1
         session["wall_s"] = round(time.perf_counter() - t_start, 3)
         manifest["updated"] = store.timestamp()
-        if writer:
+        if writer:  # listed first: a kill in between leaves a listed chunk with no file
             store.write_manifest(out, manifest)
+            store.write_chunk(out, s, j, data)
         progress.update(hi - lo, True, label)
     return results
 
 
-def _assemble(out, s, n_chunks, results, batched_shape) -> dict[str, np.ndarray]:
+def _assemble(out, manifest, s, n_chunks, results, batched_shape) -> dict[str, np.ndarray]:
     """Concatenates one static combination's chunks into arrays ``(*batched_shape, …)``."""
-    parts = [results[j] if j in results else store.read_chunk(out, s, j) for j in range(n_chunks)]
+    parts = [
+        results[j] if j in results else store.read_chunk(out, manifest, s, j)
+        for j in range(n_chunks)
+    ]
     return {
         k: np.concatenate([p[k] for p in parts]).reshape(batched_shape + parts[0][k].shape[1:])
         for k in parts[0]
