@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -535,3 +536,119 @@ def test_to_xarray_without_xarray_names_the_extra(monkeypatch):
     la = sw.LabelledArray(np.zeros(2), ("x",), {"x": np.arange(2)})
     with pytest.raises(ImportError, match=r"gradflow\[xarray\]"):
         la.to_xarray()
+
+
+# --- configs that cannot be silently wrong -------------------------------------------------------
+
+_GOOD_TOML = """\
+dtype = "float32"
+[measure]
+name = "jacobian_spectrum"
+[axes]
+depth = [3]
+width = [4]
+seed = [0, 1]
+sigma_w = [1.0]
+[run]
+batch_size = 2
+"""
+
+# (what to change in _GOOD_TOML, error class, what the message must name). Each is a TOML edit a
+# careful user could make by mistake; every one is refused before any work, naming the key.
+_BAD_TOML = [
+    ("sigma_w = [1.0]", "sigma_W = [1.0]", ValueError, "axis 'sigma_W' is not used"),
+    ("depth = [3]", "depth = [3.7]", TypeError, "axis 'depth' takes integers, got 3.7"),
+    ("width = [4]", 'width = ["16"]', TypeError, "axis 'width' takes integers, got '16'"),
+    ("seed = [0, 1]", "seed = [0.5, 1.5]", TypeError, "axis 'seed' takes integers"),
+    ("seed = [0, 1]", "seed = [true, false]", TypeError, "axis 'seed' takes integers"),
+    ("sigma_w = [1.0]", 'sigma_w = ["1.0"]', TypeError, "axis 'sigma_w' takes numbers"),
+    ("sigma_w = [1.0]", "sigma_w = [true]", TypeError, "axis 'sigma_w' takes numbers"),
+    ("sigma_w = [1.0]", "activation = [1]", TypeError, "axis 'activation' takes strings"),
+    ("width = [4]\n", "", ValueError, "needs the axes \\['width'\\]"),
+    (
+        'name = "jacobian_spectrum"',
+        'name = "jacobian_spectrum"\nresidual = "false"',
+        TypeError,
+        "option 'residual' .* takes booleans",
+    ),
+    (
+        'name = "jacobian_spectrum"',
+        'name = "jacobian_spectrum"\nbacth = 16',
+        ValueError,
+        "option 'bacth' is not an option .* \\(known: residual\\)",
+    ),
+    (
+        'name = "jacobian_spectrum"',
+        'name = "layer_grad_norms"\nbatch = 2.5',
+        TypeError,
+        "option 'batch' .* takes integers",
+    ),
+    (
+        'name = "jacobian_spectrum"',
+        'name = "layer_grad_norms"\nbatch = "8"',
+        TypeError,
+        "option 'batch' .* takes integers",
+    ),
+    (
+        'dtype = "float32"',
+        'dtype = "float32"\nstatic = ["sigma_w"]',
+        ValueError,
+        "static names \\['sigma_w'\\], which change no shape",
+    ),
+    (
+        'dtype = "float32"',
+        'dtype = "float32"\nstatic = ["seed"]',
+        ValueError,
+        "static names \\['seed'\\]",
+    ),
+    (
+        'dtype = "float32"',
+        'dtype = "float32"\nstatic = "depth"',
+        TypeError,
+        "static must be a list",
+    ),
+    ('dtype = "float32"', 'dtype = "float16"', ValueError, "dtype must be one of"),
+    ('dtype = "float32"', "dtype = 64", TypeError, "dtype takes a string"),
+    ("batch_size = 2", 'batch_size = "8"', TypeError, "\\[run\\] batch_size takes an integer"),
+    ("batch_size = 2", "batch_size = 2.0", TypeError, "\\[run\\] batch_size takes an integer"),
+    ("batch_size = 2", "vmap_size = true", TypeError, "\\[run\\] vmap_size takes an integer"),
+    ("batch_size = 2", "memory_budget = [1]", TypeError, "\\[run\\] memory_budget"),
+    ("batch_size = 2", "bacth_size = 2", ValueError, "unknown keys in \\[run\\]"),
+    ("[axes]", "[axis]", ValueError, "unknown top-level keys \\['axis'\\]"),
+    (
+        'name = "jacobian_spectrum"',
+        'name = "jacobian_spectrm"',
+        ValueError,
+        "unknown measurement 'jacobian_spectrm'",
+    ),
+    ("sigma_w = [1.0]", "sigma_w = [1.0, 1.0]", ValueError, "axis 'sigma_w' has repeated"),
+    ("sigma_w = [1.0]", "sigma_w = []", ValueError, "axis 'sigma_w' has no values"),
+    ("sigma_w = [1.0]", "sigma_w = nan", ValueError, "axis 'sigma_w': expected a list"),
+    ("sigma_w = [1.0]", "sigma_w = [nan]", ValueError, "axis 'sigma_w' has a non-finite"),
+    (
+        "sigma_w = [1.0]",
+        "sigma_w = { linspace = [0.5, 2] }",
+        ValueError,
+        "axis 'sigma_w': expected",
+    ),
+    ("depth = [3]", "depth = [3", ValueError, "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("old, new, error, message", _BAD_TOML, ids=[c[1] for c in _BAD_TOML])
+def test_bad_toml_is_refused_before_any_work_naming_the_key(tmp_path, capsys, old, new, error,
+                                                            message):  # fmt: skip
+    assert old in _GOOD_TOML
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(_GOOD_TOML.replace(old, new, 1))
+    with pytest.raises(error, match=message):
+        sw.from_toml(cfg)
+    from gradflow import cli
+
+    # The command: one "gradflow: error: …" line naming the same key, no traceback, status 2,
+    # and nothing written.
+    assert cli.main(["sweep", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradflow: error:") and err.count("\n") == 1
+    assert re.search(message, err) and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -147,10 +147,11 @@ def gradient_diagnostics(point, *, batch: int = 16, residual: bool = False):
 
 # The sweep measurement; its name is the registry name it had in gradflow.sweep, which
 # gradflow.sweep.measurement still resolves to this object (examples/init_study.toml uses it).
-GRADIENT_DIAGNOSTICS = sw.Measurement(
+GRADIENT_DIAGNOSTICS = sw.mlp_measurement(
     gradient_diagnostics,
     "gradient_diagnostics",
-    output_dims={"layer_grad_norms": ("layer",), "state_grad_norms": ("layer",)},
+    layer_grad_norms=("layer",),
+    state_grad_norms=("layer",),
 )
 
 

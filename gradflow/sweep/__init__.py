@@ -74,9 +74,11 @@ from gradflow.sweep.grid import Sweep, from_toml, parse_bytes
 from gradflow.sweep.measurements import (
     DEFAULT_STATIC,
     MEASUREMENTS,
+    MLP_AXES,
     Measurement,
     measurement,
     mlp_from_point,
+    mlp_measurement,
 )
 from gradflow.sweep.measurements import jacobian_spectrum as jacobian_spectrum
 from gradflow.sweep.measurements import layer_grad_norms as layer_grad_norms
@@ -94,6 +96,7 @@ from gradflow.sweep.store import load
 __all__ = [
     "DEFAULT_STATIC",
     "MEASUREMENTS",
+    "MLP_AXES",
     "LabelledArray",
     "Measurement",
     "Sweep",
@@ -102,6 +105,7 @@ __all__ = [
     "load",
     "measurement",
     "mlp_from_point",
+    "mlp_measurement",
     "parse_bytes",
     "run",
     "clear_cache",

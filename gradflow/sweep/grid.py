@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradflow.sweep.measurements import Measurement, measurement
+from gradflow.sweep.measurements import Measurement, measurement, option_kinds
 
 __all__ = ["Sweep", "from_toml", "parse_bytes"]
 
@@ -45,6 +45,61 @@ def _normalise_values(name: str, values) -> tuple:
     if len(set(map(repr, out))) != len(out):
         raise ValueError(f"axis {name!r} has repeated values: {out}")
     return tuple(out)
+
+
+_KIND_NAMES = {int: "integers", float: "numbers", str: "strings", bool: "booleans (true/false)"}
+
+
+def _of_kind(kind, value) -> bool:
+    """Whether ``value`` is a value of ``kind`` (no bool for numbers, no float for an int)."""
+    if kind is None:
+        return True
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _check_declared(meas: Measurement, axes: Mapping[str, tuple], static) -> None:
+    """Refuses axes, values, options and static names the measurement does not accept."""
+    known = meas.axes
+    if known is not None:
+        for name, values in axes.items():
+            if name not in known:
+                raise ValueError(
+                    f"axis {name!r} is not used by {meas.name!r} (known: {', '.join(known)})"
+                )
+            bad = [v for v in values if not _of_kind(known[name], v)]
+            if bad:
+                raise TypeError(f"axis {name!r} takes {_KIND_NAMES[known[name]]}, got {bad[0]!r}")
+        missing = [a for a in meas.required_axes if a not in axes]
+        if missing:
+            raise ValueError(f"{meas.name!r} needs the axes {missing}; got {list(axes)}")
+    kinds = option_kinds(meas.fn)
+    if kinds is not None:
+        for name, value in meas.options.items():
+            if name not in kinds:
+                raise ValueError(
+                    f"option {name!r} is not an option of {meas.name!r} "
+                    f"(known: {', '.join(kinds) or 'none'})"
+                )
+            if not _of_kind(kinds[name], value):
+                raise TypeError(
+                    f"option {name!r} of {meas.name!r} takes {_KIND_NAMES[kinds[name]]}, "
+                    f"got {value!r}"
+                )
+    if static is not None and known is not None:
+        batched_only = [a for a in static if a in axes and a not in meas.static_axes]
+        batched_only = [a for a in batched_only if known[a] in (int, float)]
+        if batched_only:
+            raise ValueError(
+                f"static names {batched_only}, which change no shape in {meas.name!r}: "
+                "they are batched (vmapped); static axes change shapes or code "
+                f"({', '.join(a for a in known if a in meas.static_axes or known[a] is str)})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +150,12 @@ class Sweep:
                 raise ValueError(f"axis names must be identifiers, got {name!r}")
             norm_axes[name] = _normalise_values(name, values)
         meas = measurement(measure, **options)
+        if static is not None and (
+            isinstance(static, str)
+            or not isinstance(static, Sequence)
+            or not all(isinstance(a, str) for a in static)
+        ):
+            raise TypeError(f"static must be a list of axis names, got {static!r}")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         numeric = {
@@ -119,6 +180,7 @@ class Sweep:
             json.dumps(dict(meas.options), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"measurement options must be JSON values: {exc}") from exc
+        _check_declared(meas, norm_axes, static)
         ordered_static = tuple(n for n in norm_axes if n in static_set)
         return cls(norm_axes, meas, ordered_static, dtype)
 
@@ -184,12 +246,18 @@ def _axis_spec(name: str, spec):
     if isinstance(spec, dict) and len(spec) == 1:
         ((kind, args),) = spec.items()
         args = args if isinstance(args, list) else [args]
-        if kind == "range":
-            return list(range(*[int(a) for a in args]))
-        if kind == "linspace" and len(args) == 3:
-            return [float(v) for v in np.linspace(args[0], args[1], int(args[2]))]
-        if kind == "logspace" and len(args) == 3:
-            return [float(v) for v in np.logspace(args[0], args[1], int(args[2]))]
+        if kind == "range" and 1 <= len(args) <= 3:
+            if not all(_of_kind(int, a) for a in args):
+                raise TypeError(f"axis {name!r}: range takes integers, got {args!r}")
+            return list(range(*args))
+        if kind in ("linspace", "logspace") and len(args) == 3:
+            if not (all(_of_kind(float, a) for a in args[:2]) and _of_kind(int, args[2])):
+                raise TypeError(
+                    f"axis {name!r}: {kind} takes [a, b, n] with numbers a, b and an integer n, "
+                    f"got {args!r}"
+                )
+            space = np.linspace if kind == "linspace" else np.logspace
+            return [float(v) for v in space(args[0], args[1], args[2])]
     raise ValueError(
         f"axis {name!r}: expected a list or one of {{range = [start, stop(, step)]}}, "
         f"{{linspace = [a, b, n]}}, {{logspace = [a, b, n]}}; got {spec!r}"
@@ -222,7 +290,8 @@ def from_toml(path) -> tuple[Sweep, dict]:
       ``(sweep, run_options)`` where ``run_options`` holds the ``[run]`` table for :func:`run`.
 
     Raises:
-      ValueError: malformed file (the message names the key).
+      ValueError: malformed file, unknown key, axis or option (the message names it).
+      TypeError: a value of the wrong kind (a string for a number, a float for an integer …).
     """
     path = Path(path)
     try:
@@ -239,6 +308,8 @@ def from_toml(path) -> tuple[Sweep, dict]:
         raise ValueError(f"{path}: needs an [axes] table")
     options = {k: v for k, v in doc["measure"].items() if k != "name"}
     axes = {name: _axis_spec(name, spec) for name, spec in doc["axes"].items()}
+    if not isinstance(doc.get("dtype", "float32"), str):
+        raise TypeError(f"{path}: dtype takes a string, got {doc['dtype']!r}")
     sweep = Sweep.create(
         axes,
         doc["measure"]["name"],
@@ -250,6 +321,12 @@ def from_toml(path) -> tuple[Sweep, dict]:
     unknown = set(run_opts) - {"batch_size", "memory_budget", "vmap_size"}
     if unknown:
         raise ValueError(f"{path}: unknown keys in [run]: {sorted(unknown)}")
+    for key in ("batch_size", "vmap_size"):
+        if key in run_opts and not _of_kind(int, run_opts[key]):
+            raise TypeError(f"{path}: [run] {key} takes an integer, got {run_opts[key]!r}")
+    budget = run_opts.get("memory_budget", 1)
+    if not (_of_kind(int, budget) or isinstance(budget, str)):
+        raise TypeError(f"{path}: [run] memory_budget takes bytes or a string like '512MB'")
     return sweep, run_opts
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -21,11 +22,13 @@ import jax.numpy as jnp
 
 from gradflow import _checks, activations, gradients, init, jacobians, lyapunov, models
 
-# DEFAULT_STATIC and MEASUREMENTS are public too, listed in the package's __all__.
+# DEFAULT_STATIC, MEASUREMENTS and MLP_AXES are public too, listed in the package's __all__.
 __all__ = [
+    "option_kinds",
     "Measurement",
     "measurement",
     "mlp_from_point",
+    "mlp_measurement",
     "MSEAtInit",
     "mse_at_init",
     "log10_first_over_last",
@@ -46,6 +49,43 @@ DEFAULT_STATIC = frozenset(
 _MOVED = {"gradient_diagnostics": "gradflow.experiments.init_study:GRADIENT_DIAGNOSTICS"}
 
 
+# The axes an MLP sweep point may have (:func:`mlp_from_point`) and the kind of their values:
+# what the built-in measurements accept. ``float`` axes take ints too.
+MLP_AXES: Mapping[str, type] = {
+    "depth": int,
+    "width": int,
+    "activation": str,
+    "init": str,
+    "seed": int,
+    "sigma_w": float,
+    "init_scale": float,
+    "init_mean": float,
+    "sigma_b": float,
+}
+_REQUIRED_MLP_AXES = ("depth", "width")
+
+
+def option_kinds(fn: Callable) -> dict[str, type | None] | None:
+    """The keyword options ``fn(point, **options)`` accepts, name -> kind of value.
+
+    The kind is the type of the default (bool, int, float or str), ``None`` for any other
+    default or none. ``None`` overall when ``fn`` takes ``**kwargs`` or has no inspectable
+    signature (then any option is passed through).
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())[1:]  # after the point
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    kinds = {}
+    for p in params:
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            d = p.default
+            kinds[p.name] = type(d) if type(d) in (bool, int, float, str) else None
+    return kinds
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
     """A measurement of one configuration.
@@ -57,6 +97,10 @@ class Measurement:
       options: keyword options for ``fn``; part of the sweep's identity, so JSON values only.
       static_axes: axis names that change shapes or code for this measurement.
       output_dims: output name -> names of its trailing dimensions (optional).
+      axes: the axes it reads, name -> kind of value (``int``, ``float``, ``str``, ``bool``);
+        a sweep with any other axis, or a value of another kind, is refused before any work.
+        ``None`` (default for your own functions): any axis.
+      required_axes: axes every sweep of it must have.
     """
 
     fn: Callable[..., Any]
@@ -64,6 +108,8 @@ class Measurement:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     static_axes: frozenset = DEFAULT_STATIC
     output_dims: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    axes: Mapping[str, type] | None = None
+    required_axes: tuple[str, ...] = ()
 
     def __call__(self, point: Mapping[str, Any]):
         return self.fn(point, **self.options)
@@ -290,14 +336,27 @@ def lyapunov_exponent(point, *, residual: bool = False):
     return {"lyapunov": top_lyapunov(model.chain(params, x), kv)}
 
 
+def mlp_measurement(fn: Callable, name: str, **output_dims) -> Measurement:
+    """A :class:`Measurement` of an MLP sweep point: it accepts :data:`MLP_AXES` and needs
+    ``depth`` and ``width``. ``output_dims``: output name -> its trailing dimensions' names."""
+    return Measurement(
+        fn,
+        name,
+        output_dims=output_dims,
+        axes=MLP_AXES,
+        required_axes=_REQUIRED_MLP_AXES,
+    )
+
+
 MEASUREMENTS: dict[str, Measurement] = {
-    "jacobian_spectrum": Measurement(
+    "jacobian_spectrum": mlp_measurement(
         jacobian_spectrum,
         "jacobian_spectrum",
-        output_dims={"log_singular_values": ("singular_value",), "log_norm": ("layer",)},
+        log_singular_values=("singular_value",),
+        log_norm=("layer",),
     ),
-    "layer_grad_norms": Measurement(
-        layer_grad_norms, "layer_grad_norms", output_dims={"layer_grad_norms": ("layer",)}
+    "layer_grad_norms": mlp_measurement(
+        layer_grad_norms, "layer_grad_norms", layer_grad_norms=("layer",)
     ),
-    "lyapunov": Measurement(lyapunov_exponent, "lyapunov"),
+    "lyapunov": mlp_measurement(lyapunov_exponent, "lyapunov"),
 }
