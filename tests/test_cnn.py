@@ -20,13 +20,19 @@ from gradflow.models.cnn import CNN, conv, lag_modes, mode_decay, spatial_covari
 _TOL64 = dict(rtol=1e-10, atol=1e-12)
 
 
+# Compile time is most of this file's cost, and every jax.random.normal shape and dtype compiles
+# its own program (~0.3 s each), so the test inputs are NumPy draws. (Eager flax inits stay: their
+# per-shape programs are shared between tests, where a jitted init is one new program per model.)
+def _normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+
 # --- the convolution against flax.linen.Conv (an independent implementation) ------------------
 @pytest.mark.parametrize("padding, flax_padding", [("circular", "CIRCULAR"), ("same", "SAME")])
 @pytest.mark.parametrize("dims, window", [(1, (3,)), (2, (3, 5))])
 def test_conv_matches_flax(x64, padding, flax_padding, dims, window):
-    kx, kk = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (2,) + (6,) * dims + (3,), jnp.float64)
-    kernel = jax.random.normal(kk, window + (3, 4), jnp.float64)
+    x = _normal(0, (2,) + (6,) * dims + (3,))
+    kernel = _normal(1, window + (3, 4))
     layer = nn.Conv(4, window, padding=flax_padding, use_bias=False, param_dtype=jnp.float64)
     want = layer.apply({"params": {"kernel": kernel}}, x)
     np.testing.assert_allclose(conv(x, kernel, padding=padding), want, **_TOL64)
@@ -73,7 +79,7 @@ def test_forward_chain_products_and_step_jacobians_match_brute_force(x64, cfg):
         kernel_init=init.gaussian(1.5),
         bias_init=init.gaussian_bias(0.3),
     )
-    x = jax.random.normal(jax.random.key(1), cfg["shape"], jnp.float64)
+    x = _normal(1, cfg["shape"])
     params = model.init(jax.random.key(2), x)
     layer, first, hidden = _flax_reference(model, params)
 
@@ -111,7 +117,7 @@ def test_forward_chain_products_and_step_jacobians_match_brute_force(x64, cfg):
 
 def test_full_chain_covers_the_input_convolution(x64):
     model = CNN(depth=3, channels=4, kernel_size=3, activation="tanh", dims=1)
-    x = jax.random.normal(jax.random.key(0), (6, 2), jnp.float64)
+    x = _normal(0, (6, 2))
     params = model.init(jax.random.key(1), x)
     full = model.full_chain(params, x)
     assert full.step_names() == ("hidden/0", "hidden/1") and full.stem.name == "input"
@@ -124,7 +130,7 @@ def test_full_chain_covers_the_input_convolution(x64):
 
 def test_residual_cnn_adds_the_scaled_branch(x64):
     model = CNN(depth=3, channels=3, kernel_size=3, residual=True, residual_scale=0.5)
-    x = jax.random.normal(jax.random.key(0), (6, 3), jnp.float64)
+    x = _normal(0, (6, 3))
     params = model.init(jax.random.key(1), x)
     layer, first, hidden = _flax_reference(model, params)
     h = [layer(first, x)]  # the input layer is never residual
@@ -150,7 +156,7 @@ def test_linear_delta_orthogonal_cnn_has_every_singular_value_gain_to_the_depth(
         dims=dims,
         kernel_init=init.delta_orthogonal(gain),
     )
-    x = jax.random.normal(jax.random.key(0), (5,) * dims + (3,), jnp.float64)
+    x = _normal(0, (5,) * dims + (3,))
     params = model.init(jax.random.key(1), x)
     jac = jax.jacrev(lambda v: model.features(params, v.reshape(x.shape)).ravel())(x.ravel())
     s = np.linalg.svd(np.asarray(jac), compute_uv=False)
@@ -165,7 +171,7 @@ def test_linear_gaussian_cnn_is_not_an_isometry(x64):
     # Control for the test above: the same linear CNN with Gaussian kernels has spread singular
     # values (the closed form above is specific to the delta-orthogonal kernel).
     model = CNN(depth=6, channels=4, kernel_size=3, activation="linear", kernel_init=init.lecun())
-    x = jax.random.normal(jax.random.key(0), (5, 3), jnp.float64)
+    x = _normal(0, (5, 3))
     params = model.init(jax.random.key(1), x)
     jac = jax.jacrev(lambda v: model.features(params, v.reshape(x.shape)).ravel())(x.ravel())
     s = np.linalg.svd(np.asarray(jac), compute_uv=False)

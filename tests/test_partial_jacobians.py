@@ -36,32 +36,43 @@ def _mlp_chain(key=0, x64=True):
         kernel_init=gf.init.gaussian(1.6),
         bias_init=gf.init.gaussian_bias(0.3),
     )
-    x = jax.random.normal(jax.random.key(key + 50), (12,))
+    x = _normal(np.random.default_rng(key + 50), (12,))
     return model.chain(model.init(jax.random.key(key), x), x)
 
 
 def _chain(which, key=0):
     if which == "chain":
         return _mlp_chain(key, bool(jax.config.jax_enable_x64))
-    return _segmented_chain(key)
+    return _segmented_chain(key, bool(jax.config.jax_enable_x64))
 
 
-def _segmented_chain(key=0):
-    """6 → Layer → 10 → Scan ×4 → 10 → Layer → {"a": (3,), "b": (2, 2)} → Scan ×3: K = 9 steps."""
-    ks = jax.random.split(jax.random.key(key), 8)
-    n = lambda k, shape, s=1.0: s * jax.random.normal(k, shape) / math.sqrt(shape[-2])
-    up = {"w": n(ks[0], (6, 10), 1.5), "b": 0.1 * jax.random.normal(ks[1], (10,))}
-    mid = {"w": n(ks[2], (4, 10, 10), 1.2)}
-    down = {"wa": n(ks[3], (10, 3), 1.3), "wb": n(ks[4], (10, 4), 1.3)}
-    tail = {"w": n(ks[5], (3, 7, 7), 1.4)}
-    xs = jax.random.normal(ks[6], (3, 3))  # per-step inputs of the last Scan
+def _normal(rng, shape, s=1.0, fan_in=None):
+    """Gaussian test weights from NumPy, as jax arrays in the current precision: every
+    ``jax.random.normal`` shape and dtype compiles its own program (~0.3 s each on CPU)."""
+    fan_in = 1 if fan_in is None else fan_in
+    return jnp.asarray(s * rng.standard_normal(shape) / math.sqrt(fan_in))
+
+
+@functools.lru_cache(maxsize=8)
+def _segmented_chain(key=0, x64=True):
+    """6 → Layer → 10 → Scan ×4 → 10 → Layer → {"a": (3,), "b": (2, 2)} → Scan ×3: K = 9 steps.
+
+    Built once per key and precision."""
+    del x64  # part of the cache key only: the arrays follow jax_enable_x64
+    rng = np.random.default_rng(key)
+    n = lambda shape, s=1.0: _normal(rng, shape, s, fan_in=shape[-2])
+    up = {"w": n((6, 10), 1.5), "b": _normal(rng, (10,), 0.1)}
+    mid = {"w": n((4, 10, 10), 1.2)}
+    down = {"wa": n((10, 3), 1.3), "wb": n((10, 4), 1.3)}
+    tail = {"w": n((3, 7, 7), 1.4)}
+    xs = _normal(rng, (3, 3))  # per-step inputs of the last Scan
     segments = (
         Layer(up, None, _up, "up"),
         Scan(mid, None, _mid, 4, name="mid"),
         Layer(down, None, _down, "down"),
         Scan(tail, xs, _mix, 3, name="tail"),
     )
-    return Segmented(h0=jax.random.normal(ks[7], (6,)), segments=segments)
+    return Segmented(h0=_normal(rng, (6,)), segments=segments)
 
 
 # Module-level step functions: the same objects on every call, so jit caches hit.
@@ -130,6 +141,14 @@ def _brute_force(chain):
     }
 
 
+@functools.lru_cache(maxsize=4)
+def _chain_blocks(which, x64):
+    """:func:`_brute_force` of ``_chain(which)``, once per chain and precision: five tests compare
+    against the same blocks, and each call compiles its own jacrev."""
+    del x64  # part of the cache key only: the chain follows jax_enable_x64
+    return _brute_force(_chain(which))
+
+
 def _log_apjn(blocks, l0, target):
     jac = blocks[(l0, target)]
     return float(np.log(np.sum(jac**2) / jac.shape[0]))
@@ -142,7 +161,7 @@ def _log_apjn(blocks, l0, target):
 
 def test_exact_matches_brute_force_chain(x64):
     chain = _chain("chain")
-    blocks = _brute_force(chain)
+    blocks = _chain_blocks("chain", jax.config.jax_enable_x64)
     for start in (0, 4, 7):
         out = matfree.exact_partial_jacobian_norms(chain, start=start)
         np.testing.assert_array_equal(out.target, np.arange(start + 1, chain.length + 1))
@@ -161,13 +180,10 @@ def _rnn_step(theta, h, x):
 
 def test_exact_matches_brute_force_shared_params_with_inputs(x64):
     # An RNN-like chain: one parameter set shared by every step, per-step inputs x_k.
-    ks = jax.random.split(jax.random.key(4), 4)
-    theta = {
-        "w": 1.3 * jax.random.normal(ks[0], (8, 8)) / math.sqrt(8),
-        "u": jax.random.normal(ks[1], (3, 8)),
-    }
-    xs = jax.random.normal(ks[2], (6, 3))
-    chain = Chain(theta, xs, jax.random.normal(ks[3], (8,)), _rnn_step, 6, shared=True)
+    rng = np.random.default_rng(4)
+    theta = {"w": _normal(rng, (8, 8), 1.3, fan_in=8), "u": _normal(rng, (3, 8))}
+    xs = _normal(rng, (6, 3))
+    chain = Chain(theta, xs, _normal(rng, (8,)), _rnn_step, 6, shared=True)
     blocks = _brute_force(chain)
     out = matfree.exact_partial_jacobian_norms(chain, start=2)
     ref = [_log_apjn(blocks, 2, target) for target in range(3, 7)]
@@ -176,7 +192,7 @@ def test_exact_matches_brute_force_shared_params_with_inputs(x64):
 
 def test_exact_matches_brute_force_segmented(x64):
     chain = _chain("segmented")
-    blocks = _brute_force(chain)
+    blocks = _chain_blocks("segmented", jax.config.jax_enable_x64)
     sizes = [6, 10, 10, 10, 10, 10, 7, 7, 7, 7]  # N_k for k = 0 … 9
     # start = 0 sits at a shape-changing Layer, 3 inside the first Scan, 6 in the pytree-state
     # Scan (every start compiles its own program, so three).
@@ -197,7 +213,7 @@ _M = 2000  # probes: the relative errors below are 1–3 %, so 4σ stays a sharp
 @pytest.mark.parametrize("which", ["chain", "segmented"])
 def test_forward_estimate_within_monte_carlo_error(x64, which):
     chain, start = _chain(which), 2
-    blocks = _brute_force(chain)
+    blocks = _chain_blocks(which, jax.config.jax_enable_x64)
     exact = np.array(
         [_log_apjn(blocks, start, target) for target in range(start + 1, chain.length + 1)]
     )
@@ -218,7 +234,7 @@ def test_monte_carlo_error_matches_closed_form(x64):
     # The estimated error's own sampling error with m = 2000 probes is ~√((κ − 1)/(4m)) ≈ 3 % for
     # the excess kurtosis κ ≲ 15 of these χ² mixtures; 15 % is a 5σ band.
     chain, start = _chain("segmented"), 1
-    blocks = _brute_force(chain)
+    blocks = _chain_blocks("segmented", jax.config.jax_enable_x64)
     est = matfree.partial_jacobian_norms(chain, key=jax.random.key(3), num_samples=_M, start=start)
     for i, target in enumerate(range(start + 1, 10)):
         s2 = np.linalg.svd(blocks[(start, target)], compute_uv=False) ** 2
@@ -229,7 +245,7 @@ def test_monte_carlo_error_matches_closed_form(x64):
 @pytest.mark.parametrize("which", ["chain", "segmented"])
 def test_reverse_estimate_within_monte_carlo_error(x64, which):
     chain, stop = _chain(which), 7
-    blocks = _brute_force(chain)
+    blocks = _chain_blocks(which, jax.config.jax_enable_x64)
     est = matfree.partial_jacobian_norms_to(chain, key=jax.random.key(5), num_samples=_M, stop=stop)
     np.testing.assert_array_equal(est.source, np.arange(stop))
     np.testing.assert_array_equal(est.target, np.full(stop, stop))
@@ -263,9 +279,9 @@ class _CountingStep:
 
 def test_new_parameters_do_not_retrace():
     make = lambda k: Chain(
-        params=jax.random.normal(jax.random.key(k), (5, 8, 8)) / math.sqrt(8),
+        params=_normal(np.random.default_rng(k), (5, 8, 8), fan_in=8),
         xs=None,
-        h0=jax.random.normal(jax.random.key(k + 10), (8,)),
+        h0=_normal(np.random.default_rng(k + 10), (8,)),
         step=_CountingStep(),
         length=5,
     )
@@ -488,7 +504,9 @@ def test_wide_residual_ln_matches_product_formula(activation, sigma_w, sigma_b):
 # --------------------------------------------------------------------------------------------
 
 
-def test_argument_errors():
+def test_argument_errors(x64):
+    # x64: the checks do not depend on the precision, and the float64 chain is already built
+    # (cached) for the brute-force tests, so no second flax init.
     chain = _chain("chain")
     k = jax.random.key(0)
     with pytest.raises(TypeError, match="chain"):
