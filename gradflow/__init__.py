@@ -4,6 +4,7 @@ from gradflow import (
     activations,
     attention,
     chain,
+    checking,
     dynamics,
     gradient_free,
     gradients,
@@ -23,12 +24,15 @@ from gradflow import (
 )
 from gradflow._version import __version__ as __version__
 from gradflow.chain import Chain
+from gradflow.checking import checked
 
 __all__ = [
     "Chain",
+    "checked",
     "activations",
     "attention",
     "chain",
+    "checking",
     "dynamics",
     "gradient_free",
     "gradients",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 __all__ = [
     "integer",
@@ -15,6 +18,9 @@ __all__ = [
     "nonnegative_int",
     "names_or_none",
     "check_finite",
+    "checking_traced",
+    "check_representable",
+    "working_dtype",
     "floating",
     "as_float",
     "as_float_array",
@@ -78,15 +84,42 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_finite(name: str, tree) -> None:
-    """Raises ValueError if any concrete leaf of ``tree`` holds NaN or ±inf (traced leaves pass)."""
+# Set while gradflow.checking.checked traces a function under checkify: traced arguments are then
+# checked too, with checkify.check (which may only be traced inside checkify).
+_TRACED_CHECKS = contextvars.ContextVar("gradflow_traced_checks", default=False)
+
+
+@contextlib.contextmanager
+def checking_traced() -> Iterator[None]:
+    """Within the block, :func:`check_finite` also checks *traced* leaves (``checkify.check``);
+    the function being traced must be wrapped in ``checkify.checkify``."""
+    token = _TRACED_CHECKS.set(True)
+    try:
+        yield
+    finally:
+        _TRACED_CHECKS.reset(token)
+
+
+def check_finite(name: str, tree, *, allow_inf: bool = False) -> None:
+    """Raises ValueError if any concrete leaf of ``tree`` holds NaN or ±inf (traced leaves pass,
+    or under :func:`checking_traced` become a ``checkify`` check with the same message).
+
+    ``allow_inf``: only NaN is an error (training data, where an infinity can be deliberate).
+    """
+    bad, what = (np.isnan, "NaN") if allow_inf else (lambda a: ~np.isfinite(a), "NaN or inf")
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if _is_concrete(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+        if not _is_concrete(leaf):
+            if _TRACED_CHECKS.get() and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                ok = ~jnp.any(jnp.isnan(leaf)) if allow_inf else jnp.all(jnp.isfinite(leaf))
+                where = jax.tree_util.keystr(path)
+                checkify.check(ok, f"{name}{where} contains non-finite values ({what})")
+            continue
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             # NumPy, not jnp: inside an outer trace (eval_shape, jit of a closure) a jnp op on a
             # concrete constant would itself be traced and could not be tested in Python.
-            if not np.all(np.isfinite(np.asarray(leaf))):
+            if np.any(bad(np.asarray(leaf))):
                 where = jax.tree_util.keystr(path)
-                raise ValueError(f"{name}{where} contains non-finite values (NaN or inf)")
+                raise ValueError(f"{name}{where} contains non-finite values ({what})")
 
 
 def floating(x) -> jax.Array:
@@ -134,14 +167,48 @@ def as_float(name: str, x, *, minimum=None, strict=False, maximum=None) -> jax.A
         if np.any(bad):
             lo = "" if minimum is None else (f"> {minimum}" if strict else f">= {minimum}")
             hi = "" if maximum is None else f"<= {maximum}"
-            want = " and ".join(s for s in (lo, hi) if s) or "finite"
+            want = " and ".join(["finite", *(s for s in (lo, hi) if s)])
             shown = arr if arr.size <= 4 else f"an array with {int(np.sum(bad))} bad entries"
-            raise ValueError(f"{name} must be finite and {want}, got {shown}")
+            raise ValueError(f"{name} must be {want}, got {shown}")
+        check_representable(name, arr)
     return floating(x)
 
 
+def working_dtype(arr: np.ndarray):
+    """The floating dtype JAX computes ``arr`` in: its own float type (float64 only with x64),
+    else :func:`default_float`."""
+    kind = arr.dtype if np.issubdtype(arr.dtype, np.floating) else default_float()
+    return jax.dtypes.canonicalize_dtype(kind)
+
+
+def check_representable(name: str, arr, dtype=None) -> None:
+    """ValueError naming ``name`` if a finite concrete value overflows the dtype it will be used in
+    (1e300 passes a float64 check, then becomes inf in float32).
+
+    Args:
+      name: the argument's name, for the message.
+      arr: real numbers (NumPy or Python; not traced).
+      dtype: the dtype they will be cast to; default :func:`working_dtype`.
+    """
+    try:
+        arr = np.asarray(arr)
+    except jax.errors.TracerArrayConversionError:  # a traced scale: its values are not known
+        return
+    if not (np.issubdtype(arr.dtype, np.number) and arr.size) or np.iscomplexobj(arr):
+        return
+    dtype = working_dtype(arr) if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+    finite = np.abs(arr[np.isfinite(arr)])
+    if finite.size and np.max(finite) > np.finfo(dtype).max:
+        raise ValueError(
+            f"{name} = {np.max(finite):g} overflows {np.dtype(dtype).name} (largest "
+            f"{np.finfo(dtype).max:.3g}); enable float64 with "
+            "jax.config.update('jax_enable_x64', True)"
+        )
+
+
 def as_float_array(name: str, x, ndims: tuple[int, ...]):
-    """Converts to a floating array and checks its rank is one of ``ndims``."""
+    """Converts to a floating array, checking its rank is one of ``ndims`` and (when concrete) that
+    it is finite."""
     try:
         x = jnp.asarray(x)
     except TypeError as exc:
@@ -149,16 +216,22 @@ def as_float_array(name: str, x, ndims: tuple[int, ...]):
     if x.ndim not in ndims:
         want = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must have {want} dimensions, got shape {x.shape}")
+    check_finite(name, x)
     return floating(x)
 
 
 def as_matrices(name: str, a, square: bool = False) -> jax.Array:
-    """A floating array of matrices ``(..., m, n)`` (``square``: m = n); ValueError otherwise."""
-    a = jnp.asarray(a)
+    """A floating array of finite matrices ``(..., m, n)`` (``square``: m = n); ValueError
+    otherwise (finiteness checked when concrete)."""
+    try:
+        a = jnp.asarray(a)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be an array of numbers, got {type(a).__name__}") from exc
     if a.ndim < 2:
         raise ValueError(f"{name} must have shape (..., m, n), got {a.shape}")
     if square and a.shape[-1] != a.shape[-2]:
         raise ValueError(f"{name} must be square, shape (..., n, n); got {a.shape}")
+    check_finite(name, a)
     return floating(a)
 
 

@@ -58,6 +58,7 @@ def _tokens(x, name: str = "x"):
         raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
     if x.ndim < 2:
         raise ValueError(f"{name} must be a token matrix (…, T, d) with >= 2 axes, got {x.shape}")
+    _checks.check_finite(name, x)
     return _checks.floating(x)
 
 

@@ -161,17 +161,29 @@ def doya_map(x, w, b, *, dt: float = 1.0):
       The next state, broadcast shape.
     """
     dt = _check_dt(dt)
-    x, w, b = _checks.floating(x), _checks.floating(w), _checks.floating(b)
+    x, w, b = _checks.as_float("x", x), _checks.as_float("w", w), _checks.as_float("b", b)
     if dt == 1.0:
         return w * _SIGMOID.fn(x) + b
     return x + dt * (-x + w * _SIGMOID.fn(x) + b)
 
 
 def _fold_sigmoids(w):
-    """σ₊ ≥ σ₋ solving σ(1 − σ) = 1/w (w σ'(x) = 1); NaN for w ≤ 4."""
-    disc = jnp.where(w > 4, 1.0 - 4.0 / jnp.where(w > 4, w, 8.0), jnp.nan)
-    root = jnp.sqrt(disc)
-    return 0.5 * (1.0 + root), 0.5 * (1.0 - root)
+    """σ₊ ≥ σ₋ solving σ(1 − σ) = 1/w (w σ'(x) = 1); NaN for w ≤ 4.
+
+    σ₋ = (1 − √(1 − 4/w))/2 is computed as (2/w)/(1 + √(1 − 4/w)): the difference would round to
+    0 for large w (σ₋ ≈ 1/w), and with it both folds would be lost.
+    """
+    w_safe = jnp.where(w > 4, w, 8.0)
+    root = jnp.where(w > 4, jnp.sqrt(1.0 - 4.0 / w_safe), jnp.nan)
+    s_minus = (2.0 / w_safe) / (1.0 + root)
+    return 1.0 - s_minus, s_minus
+
+
+def _fold_xs(w):
+    """The folds x₋ = logit(σ₋) < 0 < x₊ = −x₋ (σ₊ = 1 − σ₋): x₊ from σ₋, as σ₊ rounds to 1."""
+    _, s_minus = _fold_sigmoids(w)
+    x_minus = _logit(s_minus)
+    return -x_minus, x_minus
 
 
 def _logit(s):
@@ -193,10 +205,9 @@ def doya_saddle_nodes(w) -> DoyaSaddleNodes:
     Returns:
       :class:`DoyaSaddleNodes` with ``b`` and ``x`` of shape ``w.shape + (2,)``; NaN for w ≤ 4.
     """
-    w = _checks.floating(w)
-    s_plus, s_minus = _fold_sigmoids(w)
-    s = jnp.stack([s_plus, s_minus], axis=-1)
-    x = _logit(s)
+    w = _checks.as_float("w", w)
+    s = jnp.stack(_fold_sigmoids(w), axis=-1)
+    x = jnp.stack(_fold_xs(w), axis=-1)
     return DoyaSaddleNodes(b=x - w[..., None] * s, x=x)
 
 
@@ -216,16 +227,19 @@ def _bisect(g, lo, hi):
 
 def _fixed_points_scalar(w, b, continuous: bool):
     g = lambda x: w * _SIGMOID.fn(x) + b - x
-    # σ ∈ (0, 1) so every fixed point lies in (b + min(w, 0), b + max(w, 0)); one unit of margin
-    # makes g(lo) ≥ 1 > 0 and g(hi) ≤ −1 < 0 strictly.
-    lo = b + jnp.minimum(w, 0.0) - 1.0
-    hi = b + jnp.maximum(w, 0.0) + 1.0
-    s_plus, s_minus = _fold_sigmoids(w)
+    # σ ∈ (0, 1) so every fixed point lies in (b + min(w, 0), b + max(w, 0)); a margin m makes
+    # g(lo) ≥ m > 0 and g(hi) ≤ −m < 0 strictly. m grows with |b| + |w| so that the bracket's ends
+    # stay distinct floats from the roots at any scale (1 alone is rounded away at |b| ~ 1e9 in
+    # float32, and the roots near b + min(w, 0) were missed).
+    margin = 1.0 + (jnp.abs(b) + jnp.abs(w)) * 2.0**-10
+    lo = b + jnp.minimum(w, 0.0) - margin
+    hi = b + jnp.maximum(w, 0.0) + margin
+    x_plus, x_minus = _fold_xs(w)
     # g is monotone between the folds x₋ < x₊ (where w σ' = 1): split [lo, hi] there. Without
     # folds (w ≤ 4) the two inner breakpoints collapse onto hi and only the first piece is used.
     has_folds = w > 4
-    c1 = jnp.where(has_folds, jnp.clip(_logit(s_minus), lo, hi), hi)
-    c2 = jnp.where(has_folds, jnp.clip(_logit(s_plus), lo, hi), hi)
+    c1 = jnp.where(has_folds, jnp.clip(x_minus, lo, hi), hi)
+    c2 = jnp.where(has_folds, jnp.clip(x_plus, lo, hi), hi)
     left = jnp.stack([lo, c1, c2])
     right = jnp.stack([c1, c2, hi])
     valid = (g(left) > 0) != (g(right) > 0)
@@ -257,7 +271,7 @@ def doya_fixed_points(w, b, *, continuous: bool = False) -> DoyaFixedPoints:
       :class:`DoyaFixedPoints`, fields of shape ``broadcast(w, b).shape + (3,)`` (``count``
       without the trailing axis).
     """
-    w, b = jnp.broadcast_arrays(_checks.floating(w), _checks.floating(b))
+    w, b = jnp.broadcast_arrays(_checks.as_float("w", w), _checks.as_float("b", b))
     return DoyaFixedPoints(*_fixed_points(w, b, bool(continuous)))
 
 
@@ -290,7 +304,7 @@ def doya_trajectory(w, b, x0, steps: int, *, dt: float = 1.0) -> DoyaTrajectory:
     """
     steps = _check_steps(steps)
     dt = _check_dt(dt)
-    w, b, x0 = (_checks.floating(v) for v in (w, b, x0))
+    w, b, x0 = (_checks.as_float(n, v) for n, v in (("w", w), ("b", b), ("x0", x0)))
     for name, v in (("w", w), ("b", b), ("x0", x0)):
         if v.ndim != 0:
             raise ValueError(f"{name} must be a scalar (vmap for batches), got shape {v.shape}")
@@ -345,13 +359,13 @@ def doya_hysteresis(w, b_values, *, x0=None, settle: int = 200, dt: float = 1.0)
         raise ValueError(f"b_values must hold at least 2 values, got shape {b_values.shape}")
     if not isinstance(b_values, jax.core.Tracer) and np.any(np.diff(np.asarray(b_values)) <= 0):
         raise ValueError("b_values must be strictly ascending")
-    w = _checks.floating(w).astype(b_values.dtype)
+    w = _checks.as_float("w", w).astype(b_values.dtype)
     if w.ndim != 0:
         raise ValueError(f"w must be a scalar, got shape {w.shape}")
     x0 = (
         b_values[0] + jnp.minimum(w, 0.0)
         if x0 is None
-        else _checks.floating(x0).astype(b_values.dtype)
+        else _checks.as_float("x0", x0).astype(b_values.dtype)
     )
     return _hysteresis(w, b_values, x0, settle, dt)
 
@@ -400,8 +414,9 @@ def cliff_loss(w, b, *, x0=0.5, steps: int = 20, target=1.0, dt: float = 1.0):
     """
     steps = _check_steps(steps)
     dt = _check_dt(dt)
-    w, b = _checks.floating(w), _checks.floating(b)
-    x0 = jnp.asarray(x0, jnp.result_type(w, b))
+    w, b = _checks.as_float("w", w), _checks.as_float("b", b)
+    x0 = _checks.as_float("x0", x0).astype(jnp.result_type(w, b))
+    target = _checks.as_float("target", target)
     x = jax.lax.fori_loop(0, steps, lambda _, x: doya_map(x, w, b, dt=dt), x0)
     return (x - target) ** 2
 
@@ -423,7 +438,9 @@ def cliff_landscape(b_values, *, w=5.0, x0=0.5, steps: int = 20, target=1.0, dt:
     b_values = _checks.as_float_array("b_values", b_values, (1,))
     steps = _check_steps(steps)
     dt = _check_dt(dt)
-    return _landscape(b_values, jnp.asarray(w, b_values.dtype), x0, steps, target, dt)
+    w = _checks.as_float("w", w).astype(b_values.dtype)
+    x0, target = _checks.as_float("x0", x0), _checks.as_float("target", target)
+    return _landscape(b_values, w, x0, steps, target, dt)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 5))

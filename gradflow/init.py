@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gradflow import _checks
 from gradflow import activations as _act
 
 __all__ = [
@@ -56,17 +57,23 @@ def fan_in(shape) -> int:
       The fan-in, an ``int``.
 
     Raises:
-      ValueError: for the empty shape ``()``.
+      ValueError: for the empty shape ``()`` or a fan-in of 0 (a zero-sized input axis), where
+        every fan-in-scaled initialiser would divide by zero.
     """
     if len(shape) == 0:
         raise ValueError("initialiser shape must have at least one axis, got ()")
-    return math.prod(int(d) for d in shape[:-1]) if len(shape) >= 2 else int(shape[0])
+    n = math.prod(int(d) for d in shape[:-1]) if len(shape) >= 2 else int(shape[0])
+    if n <= 0:
+        raise ValueError(f"initialiser shape {tuple(shape)} has fan-in {n}; it must be >= 1")
+    return n
 
 
 _fan_in = fan_in  # the old private name, which tests/test_cnn.py still uses
 
 
 def _check_positive(name: str, value: float) -> float:
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite positive number, got {value}")
@@ -78,8 +85,12 @@ def _normal(std_of_fan_in: Callable[[int], float], mean_of_fan_in=lambda n: 0.0)
 
     def init(key, shape, dtype=jnp.float32):
         n = fan_in(shape)
+        mean, std = mean_of_fan_in(n), std_of_fan_in(n)
+        # Scales were checked as Python floats; in the weights' dtype they must not overflow
+        # (σ_w = 1e300 is a fine float64 and inf in float32). 10σ covers every N(0, 1) draw.
+        _checks.check_representable("the initialiser's scale", [10 * std, mean], dtype)
         z = jax.random.normal(key, shape, dtype)
-        return (mean_of_fan_in(n) + std_of_fan_in(n) * z).astype(dtype)
+        return (mean + std * z).astype(dtype)
 
     return init
 
@@ -183,6 +194,7 @@ def kumar_std(activation: _act.ActivationLike, fan_in: int) -> float:
     2/N (§3.2, as He et al.); for leaky ReLU with slope a we use He's 2/((1+a²)N).
     """
     act = _act.get(activation)
+    fan_in = _checks.positive_int("fan_in", fan_in)
     if act.relu_like:
         slope = _act.LEAKY_RELU_SLOPE if act.name == "leaky_relu" else 0.0
         return math.sqrt(2.0 / ((1.0 + slope**2) * fan_in))
@@ -201,7 +213,7 @@ def kumar(activation: _act.ActivationLike) -> Initializer:
 
 def yilmaz_poli_mean(fan_in: int) -> float:
     """max(−1, −8/N): the mean weight of Yilmaz & Poli 2022 (Neural Networks 153:87–103)."""
-    return max(-1.0, -8.0 / fan_in)
+    return max(-1.0, -8.0 / _checks.positive_int("fan_in", fan_in))
 
 
 def yilmaz_poli(std: float | None = None) -> Initializer:

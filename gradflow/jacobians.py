@@ -178,6 +178,7 @@ def products_from_jacobians(jacobians) -> JacobianProducts:
     jacobians = jnp.asarray(jacobians)
     if jacobians.ndim != 3 or jacobians.shape[1] != jacobians.shape[2]:
         raise ValueError(f"jacobians must have shape (K, n, n), got {jacobians.shape}")
+    _checks.check_finite("jacobians", jacobians)
     return _products_by_matmul((jacobians,), jacobians.shape[-1])[0]
 
 

@@ -316,6 +316,7 @@ def adding_target(u) -> jax.Array:
       ``(B, 1)``.
     """
     u = jnp.asarray(u)
+    _checks.check_finite("u", u)
     return jnp.sum(u[..., 0] * u[..., 1], axis=-1, keepdims=True)
 
 
@@ -330,6 +331,7 @@ def temporal_order_target(u) -> jax.Array:
       ``(B,)`` int32.
     """
     u = jnp.asarray(u)
+    _checks.check_finite("u", u)
     relevant = jnp.sum(u[..., _DISTRACTORS:], axis=-1) > 0
     bit = (u[..., _DISTRACTORS + 1] > 0).astype(jnp.int32)
     # Each relevant symbol is worth 2^(number of relevant symbols after it).
@@ -348,6 +350,7 @@ def memorization_target(u, n_bits: int = 3) -> jax.Array:
       ``(B, n_bits)`` int32.
     """
     u = jnp.asarray(u)
+    _checks.check_finite("u", u)
     data = (u[..., 0] + u[..., 1]) > 0
     # Stable sort puts the data steps first, in time order.
     order = jnp.argsort(~data, axis=-1, stable=True)[..., :n_bits]

@@ -51,6 +51,7 @@ def newman_lyapunov_exponents(n: int, sigma2: float = 1.0):
       Array ``(n,)``, descending.
     """
     n = _checks.positive_int("n", n)
+    sigma2 = _checks.as_float("sigma2", sigma2, minimum=0.0, strict=True)
     i = jnp.arange(1, n + 1, dtype=_checks.default_float())
     return 0.5 * (jnp.log(2.0 * sigma2 / n) + digamma((n - i + 1) / 2.0))
 
@@ -186,6 +187,7 @@ def fuss_catalan_density(x, depth: int) -> np.ndarray:
       NumPy float64 array of ``x``'s shape.
     """
     L = _depth(depth)
+    _checks.check_finite("x", np.asarray(x, dtype=float))  # computed in NumPy float64 below
     x = np.asarray(x, dtype=float)
     lo = np.zeros_like(x)
     hi = np.full_like(x, math.pi / (L + 1))

@@ -47,11 +47,12 @@ def _np_norm(*leaves):
 def test_mlp_layer_count_and_global_norm():
     model, params, batch = _mlp_setup(depth=4)
     loss = _mse_loss(model)
-    norms = jax.jit(lambda p, b: gf.gradients.layer_grad_norms(loss, p, b))(params, batch)
+    # the norms and the reference gradient in one jitted program (one compilation)
+    both = lambda p, b: (gf.gradients.layer_grad_norms(loss, p, b), jax.grad(loss)(p, b))  # noqa: E731
+    norms, grads = jax.jit(both)(params, batch)
     assert isinstance(norms, gf.gradients.NamedNorms)
     assert norms.names == ("input", "hidden/0", "hidden/1", "hidden/2", "readout")
     assert norms.log10.shape == (4 + 1,) and len(norms) == 5  # depth hidden layers + readout
-    grads = jax.jit(jax.grad(loss))(params, batch)
     global_norm = float(_optax_norm(grads))
     np.testing.assert_allclose(float(jnp.sqrt(jnp.sum(norms.values**2))), global_norm, **_TOL32)
     np.testing.assert_allclose(10 ** float(norms.global_log10), global_norm, **_TOL32)
@@ -382,7 +383,7 @@ def test_nnx_state_names_values_and_forward_order():
     def loss(m, b):
         return jnp.mean((m(b[0]) - b[1]) ** 2)
 
-    grads = nnx.grad(loss)(model, batch)
+    grads = nnx.jit(nnx.grad(loss))(model, batch)  # one compile (eager ran the module op by op)
     norms = gf.gradients.named_norms(grads)
     assert norms.names == ("a_out", "m_mid", "z_in")  # no forward pass: natural order
     expected = {
@@ -565,7 +566,9 @@ def _deep_sigmoid(depth, width=16, batch=4):
     model = MLP(width=width, depth=depth, activation="sigmoid", kernel_init=gf.init.glorot())
     x = jax.random.normal(jax.random.key(1), (batch, width), jnp.float32)
     y = jax.random.normal(jax.random.key(2), (batch, 1), jnp.float32)
-    return model, model.init(jax.random.key(0), x), x, y
+    # jitted init: one compile (eager init dispatched every op); the tests use whatever params
+    # this gives, against references computed from the same params.
+    return model, jax.jit(model.init)(jax.random.key(0), x), x, y
 
 
 def _readout_mse(readout, h, y):
@@ -583,16 +586,21 @@ def test_chain_grad_norms_match_float64_where_float32_grad_underflows():
     depth = 300
     model, params, x, y = _deep_sigmoid(depth)
     loss = functools.partial(_readout_mse, y=y)
-    readout = params["params"]["readout"]
-    out = gf.gradients.chain_grad_norms(
-        model.full_chain(params, x), loss, head_params=readout, head_name="readout"
-    )
+    # Every computation here is jitted (one compile each; eager dispatch compiled every
+    # primitive and ran the 300 layers op by op).
+    out = jax.jit(
+        lambda p, x: gf.gradients.chain_grad_norms(
+            model.full_chain(p, x), loss, head_params=p["params"]["readout"], head_name="readout"
+        )
+    )(params, x)
     assert out.names[0] == "input" and out.names[-1] == "readout" and len(out) == depth + 1
     # The independent reference: float64 jax.grad of the whole network (no chain machinery).
     with jax.enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
         x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        g = jax.grad(lambda p: jnp.mean((model.apply(p, x64) - y64) ** 2))(p64)["params"]
+        g = jax.jit(jax.grad(lambda p, x, y: jnp.mean((model.apply(p, x) - y) ** 2)))(
+            p64, x64, y64
+        )["params"]
         hid = g["hidden"]
         expected = [_scaled_norm(g["input"]["kernel"], g["input"]["bias"])]
         expected += [_scaled_norm(hid["kernel"][k], hid["bias"][k]) for k in range(depth - 1)]
@@ -600,7 +608,9 @@ def test_chain_grad_norms_match_float64_where_float32_grad_underflows():
     expected = np.log10(np.asarray(expected))
     assert expected[0] < -100  # far below float32's range: the case that matters
     # float32 jax.grad of the same net returns exact zeros for most layers.
-    g32 = jax.grad(lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(params)["params"]
+    g32 = jax.jit(jax.grad(lambda p, x, y: jnp.mean((model.apply(p, x) - y) ** 2)))(params, x, y)[
+        "params"
+    ]
     zeros = np.sum(np.sum(np.asarray(g32["hidden"]["kernel"]) ** 2, axis=(1, 2)) == 0)
     assert zeros > depth // 2
     # 1e-3 in log10 is 0.2 % in the norm: float32 rounding over 300 renormalised vjps stays
@@ -611,12 +621,18 @@ def test_chain_grad_norms_match_float64_where_float32_grad_underflows():
 def test_depth_1000_log_norms_are_finite_in_float32():
     model, params, x, y = _deep_sigmoid(1000, width=8, batch=2)
     loss = functools.partial(_readout_mse, y=y)
-    readout = params["params"]["readout"]
-    out = gf.gradients.chain_grad_norms(model.full_chain(params, x), loss, head_params=readout)
+
+    @jax.jit  # one compile (eager dispatch ran the 1000 layers op by op)
+    def both(p, x):
+        readout = p["params"]["readout"]
+        out = gf.gradients.chain_grad_norms(model.full_chain(p, x), loss, head_params=readout)
+        states = gf.gradients.state_grad_norms(
+            model.chain(p, x), functools.partial(_readout_mse, readout, y=y), log10=True
+        )
+        return out, states
+
+    out, states = both(params, x)
     assert np.all(np.isfinite(np.asarray(out.log10)))
-    states = gf.gradients.state_grad_norms(
-        model.chain(params, x), functools.partial(_readout_mse, readout, y=y), log10=True
-    )
     assert states.shape == (1000,) and np.all(np.isfinite(np.asarray(states)))
     # The backward signal shrinks monotonically overall through a sigmoid net (χ₁ < 1).
     assert float(states[0]) < float(states[-1]) - 100
@@ -637,12 +653,17 @@ def test_state_grad_norms_match_eps_perturbation_reference(x64):
             h = h + eps[k + 1]
         return loss(h)
 
-    g = jax.grad(with_eps)(jnp.zeros((chain.length + 1,) + chain.h0.shape))
+    # Reference and both forms jitted (one compile each; eager dispatch compiled every op).
+    g = jax.jit(jax.grad(with_eps))(jnp.zeros((chain.length + 1,) + chain.h0.shape))
     expected = np.linalg.norm(np.asarray(g).reshape(chain.length + 1, -1), axis=1)
-    np.testing.assert_allclose(gf.gradients.state_grad_norms(chain, loss), expected, **_TOL64)
-    np.testing.assert_allclose(
-        gf.gradients.state_grad_norms(chain, loss, log10=True), np.log10(expected), **_TOL64
-    )
+    plain, logs = jax.jit(
+        lambda c: (
+            gf.gradients.state_grad_norms(c, loss),
+            gf.gradients.state_grad_norms(c, loss, log10=True),
+        )
+    )(chain)
+    np.testing.assert_allclose(plain, expected, **_TOL64)
+    np.testing.assert_allclose(logs, np.log10(expected), **_TOL64)
 
 
 def test_chain_grad_norms_on_a_segmented_chain_match_jax_grad(x64):
@@ -655,7 +676,7 @@ def test_chain_grad_norms_on_a_segmented_chain_match_jax_grad(x64):
     x = jnp.asarray(rng.standard_normal(6))
     chain = gf.chain.Segmented(h0=x, segments=segments)
     loss = lambda h: jnp.sum(h**2)
-    out = gf.gradients.chain_grad_norms(chain, loss)
+    out = jax.jit(lambda c: gf.gradients.chain_grad_norms(c, loss))(chain)  # one compile
 
     def total(ws):
         h = x
@@ -663,7 +684,7 @@ def test_chain_grad_norms_on_a_segmented_chain_match_jax_grad(x64):
             h = jnp.tanh(h @ w)
         return loss(h)
 
-    g = jax.grad(total)(ws)
+    g = jax.jit(jax.grad(total))(ws)
     assert out.names == ("dense_0", "dense_1", "dense_2")
     np.testing.assert_allclose(out.values, [np.linalg.norm(a) for a in g], **_TOL64)
     np.testing.assert_allclose(
@@ -689,10 +710,16 @@ def test_state_grad_norms_at_10000_steps_stay_finite_and_match_the_products():
     u = jax.random.normal(jax.random.key(3), (10_000, 2), jnp.float32)
     chain = model.chain(model.init(jax.random.key(4), u), u)
     loss = lambda h: jnp.sum(h)
-    logs = np.asarray(gf.gradients.state_grad_norms(chain, loss, log10=True))
+    # Both forms in one jitted program (one compile instead of eager dispatch of every op).
+    logs, plain = jax.jit(
+        lambda c: (
+            gf.gradients.state_grad_norms(c, loss, log10=True),
+            gf.gradients.state_grad_norms(c, loss),
+        )
+    )(chain)
+    logs, plain = np.asarray(logs), np.asarray(plain)
     assert logs.shape == (10_001,) and np.all(np.isfinite(logs))
     assert logs[0] < -1000
-    plain = np.asarray(gf.gradients.state_grad_norms(chain, loss))
     assert np.sum(plain == 0) > 9000  # the plain form underflows, as float32 must
     # Last 30 steps against products (u = ∂L/∂h_T = ones): ‖uᵀ P_t‖ in log10, float32 rounding
     # over 30 renormalised steps is ~1e-6 relative; 1e-4 in log10 is a wide margin.
@@ -701,12 +728,10 @@ def test_state_grad_norms_at_10000_steps_stay_finite_and_match_the_products():
         xs=chain.xs[-30:],
         length=30,
     )
-    products = gf.jacobians.backward_products(tail)
-    expected = [
-        float(
-            jnp.log10(jnp.linalg.norm(jnp.ones(4) @ products.unit[t]))
-            + products.log_norm[t] / np.log(10)
-        )
-        for t in range(30)
-    ]
+    products = jax.jit(gf.jacobians.backward_products)(tail)
+    # ‖uᵀ P_t‖ from the unit matrices and log-norms, in float64 NumPy (no per-t eager ops).
+    unit = np.asarray(products.unit, np.float64)
+    expected = np.log10(np.linalg.norm(np.ones(4) @ unit, axis=-1)) + np.asarray(
+        products.log_norm, np.float64
+    ) / np.log(10)
     np.testing.assert_allclose(logs[-31:-1], expected, atol=1e-4)

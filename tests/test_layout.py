@@ -19,7 +19,7 @@ MAX_LINES = 600
 # Lowest layer first. A module's layer is that of the longest prefix listed here.
 LAYERS = [
     ("gradflow._checks", "gradflow._numerics", "gradflow._io", "gradflow._version"),
-    ("gradflow.progress", "gradflow.activations"),
+    ("gradflow.progress", "gradflow.activations", "gradflow.checking"),
     ("gradflow.chain", "gradflow.meanfield", "gradflow.theory", "gradflow.dynamics"),
     ("gradflow.init", "gradflow.tasks"),
     ("gradflow.models",),

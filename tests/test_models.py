@@ -73,7 +73,8 @@ def test_mlp_init_values(key):
     # layer initialised on its own (n, n) shape with its own key, so orthogonal() makes each
     # layer orthogonal (an initialiser seeing (L, n, n) would not).
     model = MLP(width=4, depth=4, norm="layer", kernel_init=gf.init.orthogonal())
-    params = jax.jit(model.init)(key, jnp.ones(3))["params"]
+    init = jax.jit(model.init)  # traced and compiled once, called twice
+    params = init(key, jnp.ones(3))["params"]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
     for group in ("input", "hidden", "readout"):
         np.testing.assert_array_equal(params[group]["bias"], 0.0)
@@ -83,7 +84,7 @@ def test_mlp_init_values(key):
     for layer in stacked:
         np.testing.assert_allclose(layer @ layer.T, np.eye(4), atol=1e-5)  # float32 QR
     assert not np.allclose(stacked[0], stacked[1])  # one key per layer
-    again = jax.jit(model.init)(key, jnp.ones(3))["params"]
+    again = init(key, jnp.ones(3))["params"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, again)  # same key, same numbers
 
 

@@ -117,12 +117,17 @@ def test_nnx_optimizer_chain_equals_layer_grad_norms(key):
     def step(model, opt, x, y):
         opt.update(model, nnx.grad(_nnx_loss)(model, x, y))
 
-    # the reference, jitted once (eager dispatch of every op would cost more than the test)
-    reference = jax.jit(lambda p, b: gradients.layer_grad_norms(pure_loss, p, b))
+    # the references, jitted once each (eager dispatch of every op would cost more than the
+    # test): the gradient and parameter norms in one program, the update ratios in another
+    def norms(tree):
+        return gradients.named_norms(tree, order=order).values
+
+    reference = jax.jit(lambda p, b: (gradients.layer_grad_norms(pure_loss, p, b), norms(p)))
+    ratios = jax.jit(lambda p, q: norms(jax.tree.map(jnp.subtract, p, q)) / norms(q))
     prev = None
     for t in range(3):
-        params = jax.tree.map(jnp.copy, nnx.as_pure(nnx.state(model, nnx.Param)))
-        want = reference(params, (xs[t], ys[t]))
+        params = jax.tree.map(np.array, nnx.as_pure(nnx.state(model, nnx.Param)))  # host copy
+        want, param_norms = reference(params, (xs[t], ys[t]))
         step(model, opt, xs[t], ys[t])
         for rec in (read_monitor(opt), read_monitor(opt.opt_state)):
             assert isinstance(rec, MonitorRecord)
@@ -130,9 +135,7 @@ def test_nnx_optimizer_chain_equals_layer_grad_norms(key):
             # float32, the same gradient computed inside nnx.jit and eagerly: XLA may fuse and
             # reorder the sums (a few ulp per op over <= 64-term reductions), so 1e-5 relative.
             np.testing.assert_allclose(rec.grad_norms, want.values, rtol=1e-5)
-            np.testing.assert_allclose(
-                rec.param_norms, gradients.named_norms(params, order=order).values, rtol=1e-6
-            )
+            np.testing.assert_allclose(rec.param_norms, param_norms, rtol=1e-6)
             np.testing.assert_allclose(
                 rec.global_grad_norm,
                 np.sqrt(np.sum(np.asarray(want.values, np.float64) ** 2)),
@@ -145,11 +148,7 @@ def test_nnx_optimizer_chain_equals_layer_grad_norms(key):
             assert rec.update_step == -1 and np.all(np.isnan(rec.update_ratios))
         else:
             assert rec.update_step == t - 1
-            delta = jax.tree.map(jnp.subtract, params, prev)
-            ratio = (
-                gradients.named_norms(delta, order=order).values
-                / gradients.named_norms(prev, order=order).values
-            )
+            ratio = ratios(params, prev)
             # float32 differences of parameters of size ~0.5 that moved ~1e-2: the difference
             # itself is exact (Sterbenz), the norms agree to a few ulp.
             np.testing.assert_allclose(rec.update_ratios, ratio, rtol=1e-5)
@@ -164,11 +163,13 @@ def test_linen_jit_loop_wrapping_sgd_every_3(key, x64):
     before, records, _ = _linen_loop(monitor(optax.sgd(lr), every=3), params, batches, loss)
     assert [r.step for r in records] == [0, 0, 0, 3, 3, 3, 6]
     assert [r.count for r in records] == list(range(1, 8))
-    reference = jax.jit(lambda p, b: gradients.layer_grad_norms(loss, p, b))
+    # both references in one jitted program (one compile; layer_norms was eager)
+    reference = jax.jit(
+        lambda p, b: (gradients.layer_grad_norms(loss, p, b), gradients.layer_norms(p).values)
+    )
     for t in (0, 3, 6):
         rec = records[t]
-        want = reference(before[t], jax.tree.map(lambda a, t=t: a[t], batches))
-        p = gradients.layer_norms(before[t]).values
+        want, p = reference(before[t], jax.tree.map(lambda a, t=t: a[t], batches))
         assert rec.names == want.names == ("input", "hidden/0", "hidden/1", "readout")
         # float64: jit-vs-eager operation order only, a few ulp.
         np.testing.assert_allclose(rec.grad_norms, want.values, rtol=1e-12)

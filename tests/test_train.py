@@ -30,6 +30,13 @@ def _mlp_problem(key, depth=4, width=8, steps=S, batch=16):
     return model, params, (x, y), loss
 
 
+def _optax_step(loss, opt, p, state, b):
+    """One optax step of a hand-written loop (jit it once; reused for every step)."""
+    value, g = jax.value_and_grad(loss)(p, b)
+    u, state = opt.update(g, state, p)
+    return optax.apply_updates(p, u), state, value
+
+
 def test_monitor_equals_layer_grad_norms_at_the_same_step(key, x64):
     """history.layer_grad_norms[m] is gradients.layer_grad_norms at the params of step steps[m]."""
     _, params, batches, loss = _mlp_problem(key)
@@ -37,23 +44,26 @@ def test_monitor_equals_layer_grad_norms_at_the_same_step(key, x64):
     res = train.fit(loss, params, batches, opt, monitor_every=2)
     np.testing.assert_array_equal(res.history.steps, [0, 2, 4])
     assert res.history.layer_grad_norms.shape == (3, 5)  # input, 3 hidden, readout
+    # The reference: a hand-written loop of one jitted optax step (an independent program from
+    # fit's scan, compiled once for every k, where fitting each prefix compiled a scan per k),
+    # and layer_grad_norms / layer_norms jitted once each.
+    step = jax.jit(lambda p, s, b: _optax_step(loss, opt, p, s, b)[:2])
+    grad_norms = jax.jit(lambda p, b: gradients.layer_grad_norms(loss, p, b))
+    param_norms = jax.jit(lambda p: gradients.layer_norms(p).values)
+    p_k, state, done = params, opt.init(params), 0
     for m, k in enumerate(np.asarray(res.history.steps)):
-        p_k = (
-            params
-            if k == 0
-            else train.fit(loss, params, jax.tree.map(lambda a, k=k: a[:k], batches), opt).params
-        )
-        want = gradients.layer_grad_norms(loss, p_k, jax.tree.map(lambda a, k=k: a[k], batches))
-        # float64: the two computations differ only in jit-vs-eager operation order (a few ulp per
-        # op, amplified by at most k <= 4 momentum steps), far below 1e-10 relative.
+        for t in range(done, k):
+            p_k, state = step(p_k, state, jax.tree.map(lambda a, t=t: a[t], batches))
+        done = k
+        want = grad_norms(p_k, jax.tree.map(lambda a, k=k: a[k], batches))
+        # float64: the two computations differ only in operation order (a few ulp per op,
+        # amplified by at most k <= 4 momentum steps), far below 1e-10 relative.
         np.testing.assert_allclose(res.history.layer_grad_norms[m], want.values, rtol=1e-10)
         np.testing.assert_allclose(res.history.layer_grad_log10_norms[m], want.log10, rtol=1e-10)
         np.testing.assert_allclose(
             res.history.global_grad_norm[m], np.sqrt(np.sum(np.square(want.values))), rtol=1e-10
         )
-        np.testing.assert_allclose(
-            res.history.param_norms[m], gradients.layer_norms(p_k).values, rtol=1e-10
-        )
+        np.testing.assert_allclose(res.history.param_norms[m], param_norms(p_k), rtol=1e-10)
     assert res.history.loss.shape == (S,)
     assert np.all(np.isfinite(res.history.loss))
 
@@ -72,33 +82,38 @@ def test_monitor_uses_forward_order_for_any_params(key):
         return jnp.mean((jnp.tanh(b[0] @ p["z_in"]) @ p["a_out"] - b[1]) ** 2)
 
     h = train.fit(loss, params, batches, optax.sgd(0.1)).history
-    want = gradients.layer_grad_norms(loss, params, jax.tree.map(lambda a: a[0], batches))
+    # jitted reference (one compile; eager dispatch compiled each primitive)
+    want = jax.jit(lambda p, b: gradients.layer_grad_norms(loss, p, b))(
+        params, jax.tree.map(lambda a: a[0], batches)
+    )
     assert want.names == ("z_in", "a_out")
-    # float32, jit vs eager: a few ulp.
+    # float32, the scan vs a separate jitted program: a few ulp.
     np.testing.assert_allclose(h.layer_grad_norms[0], want.values, rtol=1e-5)
     np.testing.assert_allclose(h.layer_grad_log10_norms[0], want.log10, rtol=1e-5, atol=1e-6)
 
 
 def test_update_ratios_are_update_over_param_norms(key, x64):
     """Plain SGD updates by −lr·g, so ‖Δθ_l‖/‖θ_l‖ = lr·‖g_l‖/‖θ_l‖ (to rounding, in float64)."""
-    _, params, batches, loss = _mlp_problem(key)
+    # the two-layer net (half the MLP's compile time): the identity holds layer by layer
+    params, batches, loss = _tiny_problem(key, S, jnp.float64)
     lr = 0.05
     h = train.fit(loss, params, batches, optax.sgd(lr)).history
     np.testing.assert_allclose(h.update_ratios, lr * h.layer_grad_norms / h.param_norms, rtol=1e-12)
 
 
 def test_loss_history_matches_a_manual_loop(key, x64):
-    _, params, batches, loss = _mlp_problem(key)
+    # the two-layer net (half the MLP's compile time): any loss shows a wrong step or state
+    params, batches, loss = _tiny_problem(key, S, jnp.float64)
     opt = optax.adam(1e-2)
     res = train.fit(loss, params, batches, opt, monitor_every=4)
+    # The manual loop jits its step (compiled once; eager dispatch compiled every primitive):
+    # still a program independent of fit's scan.
+    step = jax.jit(lambda p, s, b: _optax_step(loss, opt, p, s, b))
     p, state, losses = params, opt.init(params), []
     for t in range(S):
-        b = jax.tree.map(lambda a, t=t: a[t], batches)
-        value, g = jax.value_and_grad(loss)(p, b)
-        u, state = opt.update(g, state, p)
-        p = optax.apply_updates(p, u)
+        p, state, value = step(p, state, jax.tree.map(lambda a, t=t: a[t], batches))
         losses.append(value)
-    # float64, same operations in a different (jit vs eager) order: agreement to ~1e-12.
+    # float64, same operations in a different order (scan vs a loop of steps): ~1e-12.
     np.testing.assert_allclose(res.history.loss, losses, rtol=1e-10)
     for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(p)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -108,7 +123,7 @@ def test_loss_history_matches_a_manual_loop(key, x64):
 
 def _planted(params, plant_step, plant_layer):
     """A loss whose layer ``plant_layer`` gets an infinite gradient at step ``plant_step`` only."""
-    n_layers = len(gradients.layer_norms(params))
+    n_layers = len(jax.eval_shape(gradients.layer_norms, params))  # names only, nothing computed
     plant = np.zeros((S, n_layers), np.float32)
     plant[plant_step, plant_layer] = np.inf
 
@@ -132,13 +147,15 @@ def test_nan_detector_reports_planted_step_and_layer(key, plant_step, plant_laye
     assert err.layer == plant_layer
     assert not err.loss_finite
     assert f"step {plant_step}" in str(err) and f"layer {plant_layer}" in str(err)
-    # Never trained on the NaN: the returned params are those after plant_step clean steps.
-    clean = (
-        train.fit(loss, params, jnp.zeros_like(plant[:plant_step]), optax.sgd(0.01))
-        if plant_step
-        else None
-    )
-    want = clean.params if clean is not None else params
+    # Never trained on the NaN: the returned params are those after plant_step clean steps,
+    # read from a clean run over all S steps that records its params at every step (eval_fn
+    # sees the params a step starts from). That run is one compiled program for every
+    # plant_step, where fitting each clean prefix compiled a scan per length.
+    if plant_step:
+        clean = train.fit(
+            loss, params, jnp.zeros_like(plant), optax.sgd(0.01), eval_fn=lambda p: p
+        ).history.metrics
+    want = jax.tree.map(lambda a: a[plant_step], clean) if plant_step else params
     for a, b in zip(jax.tree.leaves(err.result.params), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b)
     h = err.result.history
@@ -149,11 +166,16 @@ def test_nan_detector_reports_planted_step_and_layer(key, plant_step, plant_laye
 def test_forward_overflow_names_no_layer(key):
     """A NaN input at step 2 makes the loss and every gradient non-finite: layer −1, not the
     readout (which the last-bad-index rule alone would name). (An infinite input would not do:
-    tanh saturates it, and only the input layer's gradient is non-finite — reported as layer 0.)"""
+    tanh saturates it, and only the input layer's gradient is non-finite — reported as layer 0.)
+
+    Data given to ``fit`` is checked first, so a NaN there is reported as bad data; one that
+    appears inside the compiled loop (a ``batch_fn``'s batch) reaches the divergence detector."""
     _, params, (x, y), loss = _mlp_problem(key)
     x = x.at[2, 0, 0].set(jnp.nan)
-    with pytest.raises(train.DivergenceError) as info:
+    with pytest.raises(ValueError, match=r"^batches\[0\] contains non-finite values \(NaN\)"):
         train.fit(loss, params, (x, y), optax.sgd(0.01))
+    with pytest.raises(train.DivergenceError) as info:
+        train.fit(loss, params, lambda k, t: (x[t], y[t]), optax.sgd(0.01), steps=S, key=key)
     err = info.value
     assert (err.step, err.layer, err.loss_finite) == (2, -1, False)
     assert np.all(~np.isfinite(np.asarray(err.result.divergence.layer_grad_norms)))
@@ -163,9 +185,8 @@ def test_forward_overflow_names_no_layer(key):
 def test_exploding_threshold_reports_first_layer_in_backprop_order(key):
     """With max_grad_norm, the reported layer is the last (closest to the readout) above it."""
     _, params, batches, loss = _mlp_problem(key)
-    g0 = np.asarray(
-        gradients.layer_grad_norms(loss, params, jax.tree.map(lambda a: a[0], batches)).values
-    )
+    norms = jax.jit(lambda p, b: gradients.layer_grad_norms(loss, p, b).values)  # one compile
+    g0 = np.asarray(norms(params, jax.tree.map(lambda a: a[0], batches)))
     threshold = float(np.median(g0))
     want = int(np.max(np.nonzero(g0 > threshold)[0]))
     with pytest.raises(train.DivergenceError) as info:
@@ -183,7 +204,9 @@ def test_forward_overflow_is_caught(key):
 
 
 def test_make_fit_reports_instead_of_raising_and_vmaps(key):
-    _, params, _, _ = _mlp_problem(key)
+    # The two-layer net of _tiny_problem compiles in half the MLP's time; the property holds
+    # for any net.
+    params, _, _ = _tiny_problem(key, 1)
     loss, plant = _planted(params, 2, 1)
     run = train.make_fit(loss, optax.sgd(0.01))
     both = jax.vmap(run)(
@@ -199,7 +222,9 @@ def test_make_fit_reports_instead_of_raising_and_vmaps(key):
 
 def test_clipping_bounds_the_update_norm(key):
     """SGD(lr) after clipping at c moves the parameters by at most lr·c, whatever the gradient."""
-    _, params, (x, y), loss = _mlp_problem(key)
+    # The two-layer net of _tiny_problem (half the MLP's compile time); the bound holds for any
+    # net, and test_clipping_threshold_can_be_traced reuses the unclipped run's program.
+    params, (x, y), loss = _tiny_problem(key, S)
     big = (100.0 * x, 100.0 * y)  # gradients far above the threshold
     lr, c = 0.1, 0.5
     for opt, bounded in ((train.sgd(lr, clip_norm=c), True), (optax.sgd(lr), False)):
@@ -217,14 +242,17 @@ def test_clipping_bounds_the_update_norm(key):
 
 def test_clipping_threshold_can_be_traced(key):
     """max_norm = inf under vmap disables clipping: equal to the unclipped run."""
-    _, params, batches, loss = _mlp_problem(key)
+    # The two-layer net of _tiny_problem compiles in half the MLP's time; the property holds
+    # for any net.
+    params, batches, loss = _tiny_problem(key, S)
 
     def one(c):
         return train.make_fit(loss, train.with_clipping(optax.sgd(0.1), c))(params, batches)
 
     both = jax.jit(jax.vmap(one))(jnp.array([jnp.inf, 1e-3]))
-    plain = jax.jit(train.make_fit(loss, optax.sgd(0.1)))(params, batches)
-    # same program, batched vs not: float32 agreement to ~1e-6 relative.
+    # fit's program of test_clipping_bounds_the_update_norm's unclipped run (compiled once)
+    plain = train.fit(loss, params, batches, optax.sgd(0.1))
+    # the same scan, batched vs not: float32 agreement to ~1e-6 relative.
     np.testing.assert_allclose(both.history.loss[0], plain.history.loss, rtol=1e-5)
     assert not np.allclose(both.history.loss[1], plain.history.loss, rtol=1e-3)
 
@@ -234,9 +262,14 @@ def test_rprop_is_invariant_to_the_gradient_scale(key):
 
     (1e-6, not smaller: Rprop compares signs of g_t·g_{t−1}, which must not underflow float32.)
     """
-    _, params, batches, loss = _mlp_problem(key)
-    a = train.fit(loss, params, batches, train.rprop(1e-3))
-    b = train.fit(lambda p, bt: 1e-6 * loss(p, bt), params, batches, train.rprop(1e-3))
+    # The two-layer net of _tiny_problem compiles in half the MLP's time; the property holds
+    # for any net.
+    params, (x, y), loss = _tiny_problem(key, S)
+    # The scale travels with the batches (1.0 · loss is exactly loss), so both runs are one
+    # compiled program.
+    scaled = lambda p, bt: bt[2][0] * loss(p, bt[:2])  # noqa: E731
+    a = train.fit(scaled, params, (x, y, jnp.ones((S, 1))), train.rprop(1e-3))
+    b = train.fit(scaled, params, (x, y, jnp.full((S, 1), 1e-6)), train.rprop(1e-3))
     for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(u, v)
 
@@ -258,8 +291,11 @@ def test_state_grad_hook_matches_gradients_state_grad_norms(key):
         z = state[1] @ readout["kernel"]
         return mse(z + jnp.broadcast_to(readout["bias"], z.shape), y[0])
 
-    want = gradients.state_grad_norms(model.chain(params, u[0]), final_loss)
-    # float32, jit vs eager evaluation of the same scan: ~1e-6 relative; 1e-4 leaves margin.
+    # jitted reference (one compile; eager dispatch compiled each primitive)
+    want = jax.jit(lambda p, u: gradients.state_grad_norms(model.chain(p, u), final_loss))(
+        params, u[0]
+    )
+    # float32, two jit compilations of the same scan: ~1e-6 relative; 1e-4 leaves margin.
     np.testing.assert_allclose(res.history.state_grad_norms[0], want, rtol=1e-4)
     assert np.all(res.history.state_grad_norms > 0)
 
@@ -277,29 +313,37 @@ def test_pascanu_regularizer_closed_form(key, c, x64):
     model, params, u = _linear_rnn(key, c)
     final = lambda h: jnp.sum(jnp.sin(h))  # any loss with a non-zero gradient
 
-    def omega(w):
+    def omega(params, u, w):
         p = jax.tree.map(lambda a: a, params)
         p["params"]["recurrent"]["kernel"] = w
         return train.pascanu_regularizer(model.chain(p, u), final)
 
-    w = params["params"]["recurrent"]["kernel"]
+    # Ω and ⟨∇_W Ω, W⟩ in one jitted program (eager dispatch compiled every primitive); params
+    # and u are arguments, not constants, so the three values of c share one compilation.
+    both = jax.jit(
+        lambda p, u, w: (omega(p, u, w), jnp.sum(jax.grad(omega, argnums=2)(p, u, w) * w))
+    )
+    value, slope = both(params, u, params["params"]["recurrent"]["kernel"])
     # float64 closed forms: only rounding in the orthogonal init and products (~1e-15).
-    np.testing.assert_allclose(omega(w), (c - 1) ** 2, atol=1e-12)
-    np.testing.assert_allclose(jnp.sum(jax.grad(omega)(w) * w), 2 * c * (c - 1), atol=1e-10)
+    np.testing.assert_allclose(value, (c - 1) ** 2, atol=1e-12)
+    np.testing.assert_allclose(slope, 2 * c * (c - 1), atol=1e-10)
 
 
 def test_pascanu_regularizer_survives_vanished_errors_and_lstm_state(key):
     """W = 0.05·Q over 60 steps: the raw error shrinks by 0.05^60 ≈ 1e-78 (below float32), yet Ω
     uses only its direction and stays exact; an LSTM's (c, h) state is handled as one vector."""
     model, params, u = _linear_rnn(key, 0.05, steps=60)
-    omega = train.pascanu_regularizer(model.chain(params, u), lambda h: jnp.sum(h))
+    # Everything jitted: eager dispatch compiled each primitive of the 60-step chain.
+    omega = jax.jit(
+        lambda p, u: train.pascanu_regularizer(model.chain(p, u), lambda h: jnp.sum(h))
+    )(params, u)
     # float32 closed form (0.05 − 1)²: relative rounding ~1e-6.
     np.testing.assert_allclose(omega, 0.95**2, rtol=1e-5)
     lstm = gf.models.LSTM(width=4)
-    p = lstm.init(key, u)
+    p = jax.jit(lstm.init)(key, u)
     mse = lambda out, t: jnp.mean((out - t) ** 2)
     loss = train.with_pascanu_regularizer(lstm, mse, 0.5)
-    value, g = jax.value_and_grad(loss)(p, (u, jnp.zeros((3, 1))))
+    value, g = jax.jit(jax.value_and_grad(loss))(p, (u, jnp.zeros((3, 1))))
     assert np.isfinite(value) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
     assert float(jnp.abs(g["params"]["recurrent"]["kernel"]).sum()) > 0
 
@@ -313,13 +357,13 @@ def test_pascanu_regularizer_gradient_is_finite_when_every_unit_saturates(key):
     u = jax.random.normal(key, (2, 6, 3))
     params = model.init(jax.random.key(3), u)
     omega = lambda p: train.pascanu_regularizer(model.chain(p, u), lambda h: jnp.sum(h))
-    value, g = jax.value_and_grad(omega)(params)
+    value, g = jax.jit(jax.value_and_grad(omega))(params)  # one compile instead of eager ops
     assert float(value) >= 5 / 6 - 1e-6  # float32 rounding of the mean only
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
 
 
 def test_argument_errors(key):
-    _, params, batches, loss = _mlp_problem(key)
+    params, batches, loss = _tiny_problem(key, S)  # the last run compiles in half the MLP's time
     with pytest.raises(ValueError, match="monitor_every"):
         train.fit(loss, params, batches, optax.sgd(0.1), monitor_every=0)
     with pytest.raises(ValueError, match="leading axis"):
@@ -414,16 +458,21 @@ def test_streamed_fit_equals_stacked_bitwise(key, use_x64, capsys, request):
     )
     # Segments 2 and 3 (steps 4-7, 8-10: monitored 6 and 9) reuse segment 1's compilation.
     assert seen["streamed"][1][2] == seen["streamed"][2][2] == seen["streamed"][3][2]
+
     # The record of step 0 is monitor.grad_stats of that step's gradient, update and params,
     # computed here by hand: fit and a user's own loop give the same numbers.
-    batch0 = (x[0], y[0])
-    grads = jax.grad(loss)(params, batch0)
-    updates, _ = opt.update(grads, opt.init(params), params)
-    want = monitor.grad_stats(grads, updates, params, order=("input", "readout"))
+    # (One jitted program, separate from fit's: eager dispatch compiled every primitive.)
+    @jax.jit
+    def by_hand(params, batch0):
+        grads = jax.grad(loss)(params, batch0)
+        updates, _ = opt.update(grads, opt.init(params), params)
+        return monitor.grad_stats(grads, updates, params, order=("input", "readout"))
+
+    want = by_hand(params, (x[0], y[0]))
     got = seen["streamed"][0][1].grad_stats
     assert got.names == want.names
-    # jit vs eager, same operations: a few ulp of log10 of O(1) norms (float32 eps 1.2e-7,
-    # float64 2.2e-16), so 1e-6 / 1e-13 absolute.
+    # two compilations of the same operations: a few ulp of log10 of O(1) norms (float32 eps
+    # 1.2e-7, float64 2.2e-16), so 1e-6 / 1e-13 absolute.
     atol = 1e-13 if use_x64 else 1e-6
     for field in ("grad_log10", "update_log10", "param_log10", "global_grad_log10"):
         np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=0, atol=atol)
@@ -501,12 +550,13 @@ def test_divergence_in_a_middle_segment_stops_pulling_batches(key):
 
 def test_progress_bar_only_when_asked(key, capsys):
     """progress=False prints nothing; progress=True draws the bar (steps, loss) on stderr."""
-    params, batches, loss = _tiny_problem(key, 3)
+    # 5 steps: the program of test_endless_iterator_stops_at_steps's stacked run (one compile)
+    params, batches, loss = _tiny_problem(key, 5)
     train.fit(loss, params, batches, optax.sgd(0.1), progress=False)
     assert capsys.readouterr() == ("", "")
     train.fit(loss, params, batches, optax.sgd(0.1), progress=True)
     out, err = capsys.readouterr()
-    assert out == "" and "3/3" in err and "loss" in err
+    assert out == "" and "5/5" in err and "loss" in err
 
 
 def test_fit_with_a_monitored_optimizer(key):

@@ -110,6 +110,7 @@ def nngp_kernel(x, activation, sigma_w, sigma_b, depth: int) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n_points, d), got {x.shape}")
+    _checks.check_finite("x", x)
     x = _checks.floating(x)
     sw = _checks.as_float("sigma_w", sigma_w, minimum=0.0, strict=True)
     sb = _checks.as_float("sigma_b", sigma_b, minimum=0.0)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow import _checks
+
 __all__ = ["num_steps", "filled", "source_kind", "check_key", "pull", "index"]
 
 
@@ -110,6 +112,10 @@ def pull(iterator, want: int, length: int, signature, t0: int):
                 f"{_describe(signature)}; every batch must have the same structure, shapes and "
                 "dtypes"
             )
+        # Host data is checked as it arrives (device arrays are not pulled back for it): a NaN
+        # in the data is named as such, not reported later as a diverging loss.
+        host = [x for x in jax.tree_util.tree_leaves(batch) if isinstance(x, np.ndarray)]
+        _checks.check_finite(f"batches (the batch at step {t0 + i})", host, allow_inf=True)
         batches.append(batch)
     count = len(batches)
     if not count:

@@ -65,7 +65,12 @@ def _divergence_error(result: FitResult) -> DivergenceError:
     div = result.divergence
     step, layer, finite = int(div.step), int(div.layer), bool(div.loss_finite)
     norms = np.asarray(div.layer_grad_norms)
-    what = "loss is finite" if finite else "loss itself is non-finite (the forward pass overflowed)"
+    what = (
+        "loss is finite"
+        if finite
+        else "loss itself is non-finite (the forward pass overflowed, or that step's batch holds "
+        "NaN or inf)"
+    )
     where = (
         f"first in back-propagation order at layer {layer} (0 = input layer, "
         f"{norms.shape[0] - 1} = readout)"
@@ -194,6 +199,8 @@ def fit(
     total = steps
     if kind == "stacked":
         s = num_steps(batches)  # validate before tracing
+        # NaN in the data is reported as bad data (an inf may be a deliberate overflow test).
+        _checks.check_finite("batches", batches, allow_inf=True)
         if steps is not None and steps > s:
             raise ValueError(f"steps must be <= S = {s} for stacked batches, got {steps}")
         total = s if steps is None else steps

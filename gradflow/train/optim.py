@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import optax
 
+from gradflow import _checks
+
 __all__ = ["with_clipping", "sgd", "adam", "rprop"]
 
 
@@ -32,14 +34,35 @@ def _maybe_clip(opt, clip_norm):
     return opt if clip_norm is None else with_clipping(opt, clip_norm)
 
 
+def _check_learning_rate(learning_rate):
+    """A positive finite number, or a schedule (a callable step -> rate) or traced value as is:
+    a negative rate would train uphill without any error."""
+    if callable(learning_rate) or isinstance(learning_rate, jax.core.Tracer):
+        return learning_rate
+    return _checks.as_float("learning_rate", learning_rate, minimum=0.0, strict=True)
+
+
 def sgd(learning_rate, *, momentum=None, nesterov=False, clip_norm=None):
-    """``optax.sgd``, optionally after :func:`with_clipping`."""
+    """``optax.sgd``, optionally after :func:`with_clipping`.
+
+    Raises:
+      ValueError: ``learning_rate`` <= 0 or not finite, ``momentum`` outside [0, 1).
+    """
+    learning_rate = _check_learning_rate(learning_rate)
+    if momentum is not None and not isinstance(momentum, jax.core.Tracer):
+        momentum = float(_checks.as_float("momentum", momentum, minimum=0.0))
+        if momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     return _maybe_clip(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), clip_norm)
 
 
 def adam(learning_rate, *, clip_norm=None, **kwargs):
-    """``optax.adam``, optionally after :func:`with_clipping`."""
-    return _maybe_clip(optax.adam(learning_rate, **kwargs), clip_norm)
+    """``optax.adam``, optionally after :func:`with_clipping`.
+
+    Raises:
+      ValueError: ``learning_rate`` <= 0 or not finite.
+    """
+    return _maybe_clip(optax.adam(_check_learning_rate(learning_rate), **kwargs), clip_norm)
 
 
 def rprop(learning_rate, *, clip_norm=None, **kwargs):
@@ -49,4 +72,4 @@ def rprop(learning_rate, *, clip_norm=None, **kwargs):
     has vanished by orders of magnitude still moves at full speed (the remedy Wikipedia's
     "vanishing gradient problem" lists). It is a full-batch method: use large batches.
     """
-    return _maybe_clip(optax.rprop(learning_rate, **kwargs), clip_norm)
+    return _maybe_clip(optax.rprop(_check_learning_rate(learning_rate), **kwargs), clip_norm)
