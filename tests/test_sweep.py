@@ -26,6 +26,7 @@ import pytest
 
 import gradflow as gf
 from gradflow import sweep as sw
+from gradflow.sweep import store
 
 TESTS = Path(__file__).parent
 EXAMPLES = TESTS.parent / "examples"
@@ -368,6 +369,120 @@ def test_one_and_eight_devices_agree_bitwise(tmp_path, mode):
     # 8 devices hold 2 configurations each: a chunk is 16, padded past the grid's end.
     assert eight.manifest["shapes"]["0"]["chunk_size"] == 16
     _equal(one, eight)  # bitwise, float64
+
+
+# --- several processes (jax.distributed on localhost, CPU collectives over gloo) ------------------
+
+_MULTI = """
+import sys
+pid, n, out, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+sleep = float(sys.argv[5])
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{{port}}", num_processes=n, process_id=pid)
+sys.path.insert(0, {tests!r})
+from test_sweep import toy_sweep
+from gradflow import _io
+from gradflow import sweep as sw
+from gradflow.sweep import store
+if pid:  # only process 0 may write: any write from another process fails it
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"process {{pid}} wrote to the store")
+    for name in ("write_chunk", "write_manifest", "write_results", "create_store"):
+        setattr(store, name, refuse)
+    _io.atomic_paths = refuse
+sw.run(toy_sweep(sleep=sleep), out, batch_size=2, quiet=True)
+print("ok", jax.process_count(), len(jax.devices()))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _processes(tmp_path, out, n: int, sleep: float) -> list[subprocess.Popen]:
+    script = tmp_path / "multi.py"
+    script.write_text(_MULTI.format(tests=str(TESTS)))
+    port = str(_free_port())
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), str(n), str(out), port, str(sleep)],
+            env=_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.slow  # ~20 s: two JAX processes start, connect and compile
+def test_two_processes_equal_one_bitwise_and_only_process_0_writes(tmp_path):
+    """jax.distributed on localhost: 2 processes × 1 CPU device give the float64 results of one
+    process with 2 devices (the same per-device batch), bit for bit; process 1 never writes."""
+    procs = _processes(tmp_path, tmp_path / "multi", 2, 0.0)
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        assert out.split()[-3:] == ["ok", "2", "2"]
+    multi = sw.load(tmp_path / "multi")
+    assert multi.manifest["device"]["process_count"] == 2
+    proc = subprocess.run(
+        [sys.executable, str(_script(tmp_path)), str(tmp_path / "one"), "toy"],
+        env=_env(2),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _equal(multi, sw.load(tmp_path / "one"))
+    assert store.verify(tmp_path / "multi").problems == []
+
+
+@pytest.mark.slow  # ~25 s
+def test_killing_one_process_leaves_a_store_one_process_completes(tmp_path):
+    """SIGKILL process 1 mid-sweep: process 0 cannot go on (its collectives wait for a dead
+    peer) and is killed too; one process with 2 devices then resumes the store to the results
+    of an uninterrupted run, bit for bit, recomputing only what was missing."""
+    out = tmp_path / "killed"
+    procs = _processes(tmp_path, out, 2, 0.3)
+    try:
+        deadline = time.time() + 240
+        while not list((out / "chunks").glob("*.npz")):
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+            assert time.time() < deadline, "no chunk appeared"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL)
+        try:
+            procs[0].wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            procs[0].send_signal(signal.SIGKILL)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    check = store.verify(out)
+    assert not check.complete and 0 < len(check.ok) < 12 and check.holder is None
+    slow = _script(tmp_path, sleep=0.3)
+    for name in ("killed", "clean"):
+        proc = subprocess.run(
+            [sys.executable, str(slow), str(tmp_path / name), "toy"],
+            env=_env(2),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = sw.load(out)
+    _equal(resumed, sw.load(tmp_path / "clean"))
+    session = resumed.manifest["sessions"][-1]
+    assert session["chunks_skipped"] == len(check.ok)
+    assert session["chunks_computed"] == 12 - len(check.ok)
 
 
 def test_killed_sweep_resumes_without_recomputing(tmp_path):
