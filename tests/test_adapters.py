@@ -77,28 +77,35 @@ def _normal(shape, seed: int):
 
 
 # --- the independent reference --------------------------------------------------------------------
-def _reference_products(steps, h0, *, jit: bool = True):
+def _reference_products(steps, h0, *, jit: bool = True, end: int | None = None):
     """States h_0 … h_K and ∂h_K/∂h_k as ``(m, n_k)`` matrices, by one jacrev through ``steps``.
 
     A perturbation ε_k is added to h_k before step k; ∂h_K/∂ε_k = ∂h_K/∂h_k, so differentiating h_K
     with respect to all ε at once gives every product without multiplying any Jacobians.
     ``jit=False`` runs it op by op: for a long unrolled loop of tiny steps (an RNN over time) that
-    is faster than XLA compiling the unrolled program.
+    is faster than XLA compiling the unrolled program. ``end=j`` adds a third result, ∂h_j/∂h_k
+    for k < j, from the same jacrev (h_j is an intermediate of the same composition: one
+    compiled program instead of a second jacrev through ``steps[:j]``).
     """
     states = [jnp.asarray(h0)]
     for step in steps:
         states.append(step(states[-1]))
 
     def final(eps):
-        h = states[0]
-        for step, e in zip(steps, eps):
+        h, h_end = states[0], None
+        for k, (step, e) in enumerate(zip(steps, eps)):
+            h_end = h if k == end else h_end
             h = step(h + e)
-        return h
+        return h if end is None else (h, h_end)
 
     eps = tuple(jnp.zeros_like(h) for h in states[:-1])
     jac = (jax.jit(jax.jacrev(final)) if jit else jax.jacrev(final))(eps)
-    m = states[-1].size
-    return [np.asarray(h) for h in states], [np.asarray(j).reshape(m, -1) for j in jac]
+    as_matrices = lambda js, m: [np.asarray(j).reshape(m, -1) for j in js]
+    states = [np.asarray(h) for h in states]
+    if end is None:
+        return states, as_matrices(jac, states[-1].size)
+    jac, jac_end = jac
+    return states, as_matrices(jac, states[-1].size), as_matrices(jac_end[:end], states[end].size)
 
 
 def _matrices(products):
@@ -300,9 +307,15 @@ def transformer(request):
         tokens = jnp.asarray(np.random.default_rng(2).integers(0, _VOCAB, _T))
         variables = _random_variables(Transformer(request.param), tokens, train=False)
         h0, steps = _transformer_reference(variables["params"], tokens, request.param)
-        states, expected = _reference_products(steps, h0)
+        # Also ∂h_D/∂h_k, ending at the last block (test_transformer_layernorm_null_space).
+        states, expected, expected_blocks = _reference_products(steps, h0, end=_DEPTH)
     return dict(
-        pre_ln=request.param, tokens=tokens, variables=variables, states=states, expected=expected
+        pre_ln=request.param,
+        tokens=tokens,
+        variables=variables,
+        states=states,
+        expected=expected,
+        expected_blocks=expected_blocks,
     )
 
 
@@ -336,10 +349,8 @@ def test_transformer_layernorm_null_space(transformer, x64):
         Transformer(pre_ln), transformer["variables"], transformer["tokens"], names, train=False
     )
     assert sc.step_names() == tuple(names[1:])
-    h0, steps = _transformer_reference(
-        transformer["variables"]["params"], transformer["tokens"], pre_ln
-    )
-    _, expected = _reference_products(steps[:_DEPTH], h0)
+    # ∂h_D/∂h_k by jacrev through the hand-built network's first _DEPTH steps (the fixture's).
+    expected = transformer["expected_blocks"]
     s = np.linalg.svd(expected[0], compute_uv=False)
     zeros = np.sum(s < _SV_CUTOFF * s[0])
     # LayerNorm's Jacobian kills the mean of each of the T tokens exactly (and damps their
@@ -353,9 +364,25 @@ def test_transformer_layernorm_null_space(transformer, x64):
 
 
 # --- 3. an nnx MLP --------------------------------------------------------------------------------
+def _numpy_init(seed: int, std_of_shape):
+    """An nnx/linen initialiser drawing N(0, std²) with NumPy (``std_of_shape(shape)``): every
+    jax.random initialiser shape and dtype would compile its own program (~0.2–0.3 s each)."""
+    rng = np.random.default_rng(seed)
+    return lambda key, shape, dtype=jnp.float32: jnp.asarray(
+        std_of_shape(shape) * rng.standard_normal(shape), dtype
+    )
+
+
 class NnxMLP(nnx.Module):
     def __init__(self, d: int, n: int, out: int, depth: int, *, rngs: nnx.Rngs):
-        kw = dict(param_dtype=jnp.float64, bias_init=nnx.initializers.normal(0.1), rngs=rngs)
+        # Kernels N(0, 1/fan_in) and biases N(0, 0.1²) (nnx.Linear's default kernel init is a
+        # truncated normal of the same variance; the test compares the model with its own values).
+        kw = dict(
+            param_dtype=jnp.float64,
+            kernel_init=_numpy_init(30, lambda shape: 1 / np.sqrt(shape[0])),
+            bias_init=_numpy_init(31, lambda shape: 0.1),
+            rngs=rngs,
+        )
         self.embed_in = nnx.Linear(d, n, **kw)
         self.blocks = nnx.List([nnx.Linear(n, n, **kw) for _ in range(depth)])
         self.readout = nnx.Linear(n, out, **kw)
@@ -653,6 +680,27 @@ def test_lyapunov_rejects_shape_changing_chain(cnn, x64):
 
 
 # --- 8. gradflow's own models ---------------------------------------------------------------------
+def _own_model_params(model, x, seed: int):
+    """``model.init``'s parameters drawn by NumPy from its initialisers' distributions (a jitted
+    init compiles for 0.6–1.2 s; ``jax.eval_shape`` compiles nothing): kernels N(0, 1/fan_in)
+    (``gf.init.lecun``; stacked hidden kernels are (depth, in, out)), a Haar-orthogonal recurrent
+    kernel (``gf.init.orthogonal``), zero biases."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        names = [getattr(k, "key", "") for k in path]
+        if names[-1] == "bias":
+            value = np.zeros(leaf.shape)
+        elif "recurrent" in names:
+            q, r = np.linalg.qr(rng.standard_normal(leaf.shape))
+            value = q * np.sign(np.diag(r))
+        else:
+            value = rng.standard_normal(leaf.shape) / np.sqrt(leaf.shape[-2])
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, jax.random.key(0), x))
+
+
 @pytest.mark.parametrize(
     "model, x_shape",
     [(gf.models.MLP(width=4, depth=6), (3,)), (gf.models.RNN(width=4), (9, 3))],
@@ -660,7 +708,7 @@ def test_lyapunov_rejects_shape_changing_chain(cnn, x64):
 )
 def test_own_models_vjp_equals_jacobians_and_end_to_end(model, x_shape, x64):
     x = _normal(x_shape, seed=16)
-    chain = model.chain(jax.jit(model.init)(jax.random.key(10), x), x)
+    chain = model.chain(_own_model_params(model, x, seed=10), x)
     by_vjp = gf.jacobians.backward_products(chain)
     assert isinstance(by_vjp, JacobianProducts)
     assert by_vjp.unit.shape == (chain.length, 4, 4)
@@ -776,10 +824,11 @@ class _BatchNormNet(nn.Module):
 
 class _NnxBatchNormNet(nnx.Module):
     def __init__(self, rngs):
-        self.a = nnx.Linear(3, 6, rngs=rngs)
+        kernel_init = _numpy_init(32, lambda shape: 1 / np.sqrt(shape[0]))  # N(0, 1/fan_in)
+        self.a = nnx.Linear(3, 6, kernel_init=kernel_init, rngs=rngs)
         self.bn = nnx.BatchNorm(6, rngs=rngs)
         self.drop = nnx.Dropout(0.5, rngs=rngs)
-        self.b = nnx.Linear(6, 2, rngs=rngs)
+        self.b = nnx.Linear(6, 2, kernel_init=kernel_init, rngs=rngs)
 
     def __call__(self, x):
         return self.b(self.drop(nnx.relu(self.bn(self.a(x)))))
@@ -788,7 +837,19 @@ class _NnxBatchNormNet(nnx.Module):
 def test_batchnorm_and_dropout_in_evaluation_mode_and_training_mode_errors():
     x = jnp.asarray(np.random.default_rng(5).standard_normal((4, 3)), jnp.float32)
     net = _BatchNormNet()
-    variables = net.init(jax.random.key(0), x)
+    # net.init's structure (jax.eval_shape: nothing compiled) with its initial values drawn by
+    # NumPy: kernels N(0, 1/fan_in), zero biases, BatchNorm scale 1, offset 0, mean 0, var 1.
+    rng = np.random.default_rng(33)
+
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", "")
+        if name == "kernel":
+            return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(leaf.shape[0]), leaf.dtype)
+        return jnp.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
+
+    variables = jax.tree_util.tree_map_with_path(
+        draw, jax.eval_shape(net.init, jax.random.key(0), x)
+    )
     sc = gf.chain.from_module(net, variables, x)
     assert sc.step_names() == ("BatchNorm_0", "Dropout_0", "Dense_1")
     assert np.all(np.isfinite(np.asarray(gf.jacobians.backward_products(sc).log_norm)))

@@ -239,7 +239,7 @@ def _fixed_init(key, shape, dtype=jnp.float32):
 def test_admin_omega_is_the_profiling_recursion(x64, key):
     model = Transformer(depth=3, dim=4, heads=2, norm="post", admin=True, kernel_init=_fixed_init)
     x = np.random.default_rng(0).standard_normal((2, 5, 3))
-    params = model.init(key, x)
+    params = jax.jit(model.init)(key, x)  # one program, not each initialiser compiled eagerly
     p = params["params"]
     _, _, omegas = _reference(_cfg(model), p, jnp.asarray(x), profile=True)
     got = np.stack([p["admin"]["attn"], p["admin"]["mlp"]], axis=1).reshape(6, 4)
@@ -369,7 +369,7 @@ def test_value_skip_init_keeps_tokens_apart(x64, key):
         1, 4, 2, norm=None, mlp=False, skip=False, value_skip=True, kernel_init=_fixed_init
     )
     x = np.random.default_rng(0).standard_normal((3, 4))
-    params = model.init(key, x)
+    params = jax.jit(model.init)(key, x)  # one program, not each initialiser compiled eagerly
     vs = params["params"]["blocks"]["value_skip"]
     np.testing.assert_array_equal(vs["alpha"], 1.0)
     np.testing.assert_array_equal(vs["beta"], 0.0)
@@ -383,11 +383,42 @@ def test_value_skip_init_keeps_tokens_apart(x64, key):
 
 
 # --- Xiong et al. 2020: gradient scale vs depth ---------------------------------------------------
+def _truncated_normal(rng, shape):
+    """N(0, 1) truncated to [−2, 2], rescaled to unit variance: jax.nn.initializers'
+    "truncated_normal" (the glorot_normal kernels' distribution) drawn by rejection."""
+    z = rng.standard_normal(shape)
+    while np.any(bad := np.abs(z) > 2):
+        z[bad] = rng.standard_normal(np.count_nonzero(bad))
+    return z / 0.87962566103423978  # the standard deviation of N(0, 1) truncated to [−2, 2]
+
+
 def _xiong_setup(seeds, dim=32, tokens=8, classes=16, depth=64):
+    """``exp.superset``'s parameters and the inputs, drawn by NumPy from the same distributions.
+
+    ``exp.superset`` compiles a vmapped ``model.init`` (~4 s, and ~1 s more for jax.random's
+    inputs); only its shapes are used here (``jax.eval_shape``, nothing compiled). Distributions
+    as the model's initialisers: Xavier-normal kernels (``gf.init.glorot_normal``: truncated
+    normal, variance 2/(fan_in + fan_out)), a LeCun-normal embedding (N(0, 1/fan_in)), zero
+    biases and offsets, unit LayerNorm scales; inputs N(0, 1), labels uniform over the classes.
+    """
     cfg = exp.QUICK._replace(dim=dim, tokens=tokens, heads=4, classes=classes)
-    sup = exp.superset(cfg, depth, seeds, jax.random.key(11))
-    xs = jax.random.normal(jax.random.key(12), (seeds, tokens, dim))
-    ys = jax.random.randint(jax.random.key(13), (seeds, tokens), 0, classes)
+    shapes = jax.eval_shape(lambda: exp.superset(cfg, depth, seeds, jax.random.key(0)))
+    rng = np.random.default_rng(11)
+
+    def draw(path, leaf):
+        names = [getattr(k, "key", "") for k in path]
+        shape = leaf.shape  # (seeds, [depth,] …): the fans are the last two axes
+        if names[-1] == "kernel" and "embed" in names:
+            z = rng.standard_normal(shape) / np.sqrt(shape[-2])
+        elif names[-1] == "kernel":
+            z = _truncated_normal(rng, shape) * np.sqrt(2.0 / (shape[-2] + shape[-1]))
+        else:
+            z = np.full(shape, 1.0 if names[-1] == "scale" else 0.0)
+        return jnp.asarray(z, leaf.dtype)
+
+    sup = jax.tree_util.tree_map_with_path(draw, shapes)
+    xs = jnp.asarray(rng.standard_normal((seeds, tokens, dim)), jnp.float32)
+    ys = jnp.asarray(rng.integers(0, classes, (seeds, tokens)), jnp.int32)
     return cfg, sup, xs, ys
 
 
