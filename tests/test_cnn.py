@@ -343,6 +343,7 @@ def test_the_published_critical_pairs_are_chi1_equal_one_points(x64):
         assert float(meanfield.critical_sigma_w2("tanh", sb2)) == pytest.approx(sw2, abs=1e-5)
 
 
+@pytest.mark.slow  # wide-network statistics, ~7.5 s
 def test_wide_cnn_keeps_q_star_and_chi1_at_the_critical_pairs():
     # 8 seeds of a 1-D circular tanh CNN, C = 256 channels, 16 positions, 20 layers, for the three
     # critical pairs and an ordered control (0.8 σ_w² at σ_b² = 0.05, χ₁ = 0.914). Inputs are
@@ -392,6 +393,7 @@ def test_wide_cnn_keeps_q_star_and_chi1_at_the_critical_pairs():
     assert chi[3].mean() < 0.95  # and the control is measurably ordered
 
 
+@pytest.mark.slow  # wide-network statistics, ~6 s
 def test_wide_cnn_fourier_modes_decay_at_lambda_m_chi_c():
     # The acceptance: measured per-mode decay rates of a wide circular 1-D CNN agree with
     # λ_m χ_c* within 10 % for every mode with λ_m χ_c* > 0.5.

@@ -442,6 +442,7 @@ def test_gradient_noise_scale_linear_regression():
     np.testing.assert_allclose(e.total.b_simple, e.total.trace_cov / e.total.grad_sq, rtol=1e-5)
 
 
+@pytest.mark.slow  # a statistical regression over many steps, ~5 s
 def test_monitor_noise_scale_linear_regression():
     """monitor(every=8, noise_scale_batch=128) at fixed parameters for 4 windows (B_small = 128,
     B_big = 1024), 16 seeds vmapped: the bias-corrected EMAs give unbiased tr Σ and |G|²."""

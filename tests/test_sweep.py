@@ -485,6 +485,7 @@ def test_killing_one_process_leaves_a_store_one_process_completes(tmp_path):
     assert session["chunks_computed"] == 12 - len(check.ok)
 
 
+@pytest.mark.slow  # a subprocess killed mid-sweep, ~8 s
 def test_killed_sweep_resumes_without_recomputing(tmp_path):
     slow = _script(tmp_path, sleep=0.1)
     out = tmp_path / "killed"

@@ -64,6 +64,7 @@ sw.run(toy_sweep(depths=(2, 3), seeds=2, sleep=0.3), sys.argv[1], batch_size=2, 
 """
 
 
+@pytest.mark.slow  # a subprocess holds the lock and is killed, ~6 s
 def test_concurrent_cli_run_fails_at_once_and_a_killed_holder_leaves_no_lock(tmp_path, capsys):
     out = tmp_path / "store"
     script = tmp_path / "hold.py"

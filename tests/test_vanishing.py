@@ -11,6 +11,7 @@ from gradflow import cli
 from gradflow.experiments import vanishing
 
 
+@pytest.mark.slow  # end to end through the experiment, ~7 s of compilation
 def test_measure_mlp_small_orders_the_activations():
     keys = jax.random.split(jax.random.key(0), 2)
     specs = {s.label: s for s in vanishing.mlp_specs(12)}
@@ -26,6 +27,7 @@ def test_measure_mlp_small_orders_the_activations():
     assert np.all(np.abs(np.log10(res[:, 0] / res[:, -2])) < 1)
 
 
+@pytest.mark.slow  # end to end through the experiment, ~6 s of compilation
 def test_measure_rnn_respects_pascanu_bound():
     keys = jax.random.split(jax.random.key(1), 2)
     for rho in (0.8, 1.5):
