@@ -37,9 +37,11 @@ def _maybe_clip(opt, clip_norm):
 def _check_learning_rate(learning_rate):
     """A positive finite number, or a schedule (a callable step -> rate) or traced value as is:
     a negative rate would train uphill without any error."""
-    if callable(learning_rate) or isinstance(learning_rate, jax.core.Tracer):
-        return learning_rate
-    return _checks.as_float("learning_rate", learning_rate, minimum=0.0, strict=True)
+    if not (callable(learning_rate) or isinstance(learning_rate, jax.core.Tracer)):
+        # Validation only: the value itself goes to optax unchanged (inside a jit trace the
+        # checked copy would be a traced constant).
+        _checks.as_float("learning_rate", learning_rate, minimum=0.0, strict=True)
+    return learning_rate
 
 
 def sgd(learning_rate, *, momentum=None, nesterov=False, clip_norm=None):
@@ -50,8 +52,8 @@ def sgd(learning_rate, *, momentum=None, nesterov=False, clip_norm=None):
     """
     learning_rate = _check_learning_rate(learning_rate)
     if momentum is not None and not isinstance(momentum, jax.core.Tracer):
-        momentum = float(_checks.as_float("momentum", momentum, minimum=0.0))
-        if momentum >= 1:
+        _checks.as_float("momentum", momentum, minimum=0.0)
+        if not momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     return _maybe_clip(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), clip_norm)
 
