@@ -719,6 +719,7 @@ def test_own_models_vjp_equals_jacobians_and_end_to_end(model, x_shape, x64):
 
 
 # --- spectra and Lyapunov exponents on Segmented chains -------------------------------------------
+@pytest.mark.slow  # ~5 s: one Lanczos program per (start, stop)
 def test_top_singular_values_of_segmented_chain(cnn, x64):
     sc = gf.chain.from_module(CNN(), cnn["variables"], cnn["x"])
     top = gf.spectra.top_singular_values(sc, 3)

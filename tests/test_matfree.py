@@ -102,6 +102,7 @@ def test_rnn_chain_shared_params_stop(x64):
     np.testing.assert_allclose(out.values, expected, rtol=1e-9)
 
 
+@pytest.mark.slow  # depth 401, ~5 s
 def test_deep_vanishing_product_stays_finite_in_log_space():
     # σ_w = 0.5 with tanh: ‖P‖ ~ 0.5^400 ≈ 1e-120 underflows float32 (min normal 1e-38), so the
     # raw product is 0; the log-scale Lanczos still returns the right log σ. The dense route in

@@ -274,6 +274,7 @@ def test_rprop_is_invariant_to_the_gradient_scale(key):
         np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.slow  # ~7 s of compilation (two RNN training programs)
 def test_state_grad_hook_matches_gradients_state_grad_norms(key):
     model = gf.models.LSTM(width=6, out_features=1)
     ku, ky, kp = jax.random.split(key, 3)
@@ -329,6 +330,7 @@ def test_pascanu_regularizer_closed_form(key, c, x64):
     np.testing.assert_allclose(slope, 2 * c * (c - 1), atol=1e-10)
 
 
+@pytest.mark.slow  # ~6 s: a 60-step RNN and an LSTM, each differentiated
 def test_pascanu_regularizer_survives_vanished_errors_and_lstm_state(key):
     """W = 0.05·Q over 60 steps: the raw error shrinks by 0.05^60 ≈ 1e-78 (below float32), yet Ω
     uses only its direction and stays exact; an LSTM's (c, h) state is handled as one vector."""
