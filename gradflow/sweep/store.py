@@ -105,7 +105,12 @@ def device_info(devices) -> dict:
 
 def config_hash(config) -> str:
     """SHA-256 of a sweep's canonical config (keys sorted): what identifies a store."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return _json_sha(config)
+
+
+def _json_sha(value) -> str:
+    """SHA-256 of a JSON value's canonical text (keys sorted): configs and manifest fields."""
+    return _sha(json.dumps(value, sort_keys=True).encode())
 
 
 def _diff(stored: dict, new: dict, prefix: str = "") -> list[str]:
@@ -148,9 +153,7 @@ def _sha(data: bytes) -> str:
 
 
 def _field_checksums(manifest: Mapping) -> dict[str, str]:
-    return {
-        k: _sha(json.dumps(manifest[k], sort_keys=True).encode()) for k in _FIELDS if k in manifest
-    }
+    return {k: _json_sha(manifest[k]) for k in _FIELDS if k in manifest}
 
 
 def _check_manifest(manifest, path: Path) -> dict:
@@ -349,12 +352,17 @@ def read_chunk(out: Path, manifest: Mapping, shape: int, chunk: int) -> dict[str
     return status.arrays
 
 
+def _temporaries(out: Path) -> list[Path]:
+    """The atomic writer's temporary files (``.NAME.XXXX.tmp``) in the store and its chunks/."""
+    return [*out.glob(".*.tmp"), *(out / CHUNKS).glob(".*.tmp")]
+
+
 def remove_temporaries(out: Path) -> list[Path]:
     """Deletes what killed runs left of atomic writes (``.NAME.XXXX.tmp``); returns their paths.
 
     Call only while holding the store's lock: a running writer's temporaries look the same.
     """
-    found = [*out.glob(".*.tmp"), *(out / CHUNKS).glob(".*.tmp")]
+    found = _temporaries(out)
     for path in found:
         path.unlink(missing_ok=True)
     return found
@@ -439,7 +447,7 @@ def verify(out_dir) -> StoreCheck:
             by[status.state].append(cid)
     expected = {f"{chunk_id(s, j)}.npz" for s, j in found}
     by["unlisted"] += sorted(p.stem for p in (out / CHUNKS).glob("*.npz") if p.name not in expected)
-    temporaries = [*out.glob(".*.tmp"), *(out / CHUNKS).glob(".*.tmp")]
+    temporaries = _temporaries(out)
     return StoreCheck(
         complete=manifest["complete"],
         n_chunks=len(found),
