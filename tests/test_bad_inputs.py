@@ -24,20 +24,20 @@ NAN, INF = float("nan"), float("inf")
 KEY = jax.random.key(0)
 
 
-@functools.cache
-def _mlp():
-    model = gf.models.MLP(width=4, depth=3)
-    x = jnp.ones((4,))
+def _with_zero_params(model, x):
+    """``(model, zero parameters of the right shapes, x)``: nothing is compiled."""
     shapes = jax.eval_shape(model.init, KEY, x)
     return model, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), x
 
 
 @functools.cache
+def _mlp():
+    return _with_zero_params(gf.models.MLP(width=4, depth=3), jnp.ones((4,)))
+
+
+@functools.cache
 def _rnn():
-    model = gf.models.RNN(width=3)
-    u = jnp.ones((5, 2))
-    shapes = jax.eval_shape(model.init, KEY, u)
-    return model, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), u
+    return _with_zero_params(gf.models.RNN(width=3), jnp.ones((5, 2)))
 
 
 def _mlp_apply(x):

@@ -747,6 +747,9 @@ _BAD_TOML = [
         ValueError,
         "axis 'sigma_w': expected",
     ),
+    ("sigma_w = [1.0]", "sigma_w = {linspace = [0.5, 2, 2.5]}", TypeError, "'sigma_w'.*integer"),
+    ("seed = [0, 1]", "seed = {range = [0, 2.5]}", TypeError, "axis 'seed': range takes integers"),
+    ("seed = [0, 1]", "seed = {range = [0, 0]}", ValueError, "axis 'seed' has no values"),
     ("depth = [3]", "depth = [3", ValueError, "not valid TOML"),
 ]
 
