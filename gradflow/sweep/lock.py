@@ -65,7 +65,8 @@ def holder(out_dir) -> Holder | None:
     path = Path(out_dir) / LOCK
     if not path.exists():
         return None
-    fd = os.open(path, os.O_RDWR)
+    # Read-only: flock needs no write access, so a read-only store can be verified.
+    fd = os.open(path, os.O_RDONLY)
     try:
         if not _try_lock(fd):
             return _read(fd)
