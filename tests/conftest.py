@@ -37,6 +37,20 @@ def x64():
     jax.config.update("jax_enable_x64", previous)
 
 
+def pytest_configure(config):
+    # The default run compiles ~1,400 small programs and is compile-bound on CPU, so it skips
+    # XLA's LLVM backend optimisations (JAX's `jax_disable_most_optimizations`: the HLO passes --
+    # fusion, layout, algebraic simplification -- still run, so each test checks the same HLO
+    # program a user compiles; only machine-code generation is less optimised). Measured on 2
+    # cores: tests/test_train.py 71 -> 54 s, the default run 329 -> 295 s. The slow step (and any
+    # run that names its own marker expression) keeps full optimisation, so CI checks both. Set
+    # JAX_DISABLE_MOST_OPTIMIZATIONS yourself to choose.
+    if "JAX_DISABLE_MOST_OPTIMIZATIONS" in os.environ or config.getoption("markexpr") != "not slow":
+        return
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # inherited by the tests' subprocesses
+    jax.config.update("jax_disable_most_optimizations", True)
+
+
 def pytest_sessionfinish(session):
     # The process that made the cache directory removes it (with xdist: the controller, after its
     # workers have finished).

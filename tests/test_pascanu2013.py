@@ -19,15 +19,18 @@ def test_registered():
 
 def test_clipping_crosses_the_cliff_unclipped_jumps_out():
     lr, clip_norm = 0.01, 1.0
-    starts = np.linspace(-3.5, -3.0, 16)  # all on the left plateau, a deterministic grid
+    # All on the left plateau, a deterministic grid. 64 starts, not 16: whether a run steps over
+    # the wall depends on float rounding (16 starts: 16/16 leave the window with full XLA
+    # optimisation, 14/16 without LLVM optimisation; 64 starts: 64/64 and 62/64).
+    starts = np.linspace(-3.5, -3.0, 64)
     result = P.clipping_experiment(starts, learning_rate=lr, steps=200, clip_norm=clip_norm)
     stats = P.clipping_stats(result)
     lo, hi = P.B_RANGE
     assert np.all(starts < result.wall) and lo < result.wall < hi
     u, c = stats["unclipped"], stats["clipped"]
     # Unclipped SGD, at the same learning rate: landing on the wall (|dL/db| up to ~800 vs ~10 on
-    # the plateaus) throws b out of the window [−4, −1] in every run (observed 16/16; ≥ 90%
-    # allows for one run stepping over the wall without touching it).
+    # the plateaus) throws b out of the window [−4, −1] in nearly every run (observed 64/64 and
+    # 62/64, above; ≥ 90% allows for a few runs stepping over the wall without touching it).
     assert u["fraction_left_range"] >= 0.9
     assert u["max_step"] > 100 * lr * clip_norm  # observed 8.1, i.e. 800 × the clipped cap
     # Clipped SGD: never leaves the window, every run crosses the wall, and no step is longer
