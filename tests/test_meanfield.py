@@ -401,6 +401,7 @@ def _measured_q_c(model, x, keys):
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
+@pytest.mark.slow  # 7.6 s: 4 width-1000 networks, a statistical end-to-end check
 def test_q_star_and_c_star_match_wide_networks():
     # Chaotic tanh point (c* ≈ 0.17, ξ_c ≈ 7, ξ_q ≈ 0.9). Inputs start at (q*, c*), so layers
     # 2 … 16 should fluctuate around the fixed point; width 1000 as the issue asks.

@@ -463,6 +463,7 @@ def _check_product_formula(dev, bias):
     return mean, resolution
 
 
+@pytest.mark.slow  # 10.5 s: 16 networks with 32 probes each, a statistical end-to-end check
 def test_residual_ln_matches_product_formula_over_seeds():
     # Width 256, depth 50 (CPU-sized): the same check as the wide acceptance tests below, with
     # the band from the seeds' own spread (measured: per-network sd 5.8 %, band 8.4 %). Leaving
