@@ -233,3 +233,123 @@ def test_image_classification_falls_back_without_scikit_learn(monkeypatch):
     with pytest.raises(ImportError, match="gradflow\\[data\\]"):
         tasks.digits()
     assert tasks.image_classification().name == "synthetic_digits"
+
+
+# --- multiplication, random permutation, noiseless memorisation (Pascanu et al. 2013, §4.1.2) --
+
+
+def _brute_product(u):
+    """Product of the marked values, by Python loops in float64."""
+    out = []
+    for seq in np.asarray(u, np.float64):
+        p = 1.0
+        for value, marker in seq:
+            if marker > 0:
+                p *= value
+        out.append([p])
+    return np.array(out)
+
+
+def _brute_first_symbol(u):
+    """The symbol of each sequence's first non-padding step, by Python loops."""
+    out = []
+    for seq in np.asarray(u):
+        for step in seq:
+            if step.sum() > 0:
+                out.append(int(np.flatnonzero(step)[0]))
+                break
+    return np.array(out)
+
+
+def _brute_pattern(u, n_bits):
+    """The first n_bits data symbols (channel 0 = bit 0, channel 1 = bit 1), by Python loops."""
+    out = []
+    for seq in np.asarray(u):
+        bits = [int(step[1] > 0) for step in seq if step[0] + step[1] > 0]
+        out.append(bits[:n_bits])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("start", [0, 13])
+def test_new_tasks_targets_match_brute_force(key, start):
+    u, y = tasks.get("multiplication").generate(key, 64, 40, start=start)
+    # float32 product of two values vs the float64 loop: one rounding, 1e-6 relative
+    np.testing.assert_allclose(y, _brute_product(u), rtol=1e-6)
+    u, y = tasks.get("random_permutation").generate(key, 64, 40, start=start)
+    np.testing.assert_array_equal(y, _brute_first_symbol(u))
+    u, y = tasks.get("noiseless_memorization").generate(key, 64, 40, start=start)
+    np.testing.assert_array_equal(y, _brute_pattern(u, 5))
+
+
+def test_multiplication_marker_windows_and_permutation_symbols(key):
+    """Pascanu et al.'s windows: one marker in [0, T/10), the other in [T/10, T/2); the
+    permutation's first symbol is 0 or 1, the rest are 2 … 99. (The sizes of the tests above,
+    whose eager primitives are compiled already.)"""
+    u, y = tasks.multiplication(key, 64, 40, start=13)  # effective T = 27: [0, 2), [2, 13)
+    marks = np.asarray(u[..., 1])
+    assert np.all(marks.sum(1) == 2)
+    assert np.all(marks[:, 13:15].sum(1) == 1) and np.all(marks[:, 15:26].sum(1) == 1)
+    assert np.all((np.asarray(y) >= 0) & (np.asarray(y) < 1))
+    u, y = tasks.random_permutation(key, 64, 40, start=13)
+    sym = np.asarray(jnp.argmax(u, -1))
+    assert set(np.unique(sym[:, 13])) == {0, 1} and np.all(sym[:, 14:] >= 2)
+    np.testing.assert_array_equal(y, sym[:, 13])
+    with pytest.raises(ValueError, match="n_symbols"):
+        tasks.random_permutation(key, 4, 30, n_symbols=2)
+
+
+def test_error_rate_with_tolerance():
+    """Regression scored by Pascanu's rule: wrong when the squared error exceeds the tolerance."""
+    out = jnp.array([[0.5], [0.5], [0.5], [0.5]])
+    y = jnp.array([[0.6], [0.75], [0.2], [0.5]])  # squared errors .01, .0625, .09, 0
+    assert float(tasks.task_error("regression", out, y, 0.04)) == 0.5
+    np.testing.assert_allclose(tasks.task_error("regression", out, y), 0.1625 / 4, rtol=1e-6)
+    mult = tasks.pascanu_criterion(tasks.get("multiplication"))
+    assert (mult.threshold, mult.tolerance) == (0.01, 0.04)
+    assert float(mult.error(out, y)) == 0.5
+    # adding's target is the sum of two values, twice Pascanu's mean: 4 × 0.04
+    assert tasks.pascanu_criterion(tasks.get("adding")).tolerance == 0.16
+    order = tasks.pascanu_criterion(tasks.get("temporal_order"))
+    assert (order.threshold, order.tolerance) == (0.01, None)
+    with pytest.raises(ValueError, match="tolerance"):
+        tasks.pascanu_criterion(tasks.get("adding")._replace(name="subtracting"))
+    with pytest.raises(TypeError, match="SequenceTask"):
+        tasks.pascanu_criterion("adding")
+
+
+def _wilson_by_quadratic(k, n, z):
+    """Wilson's interval as the roots p of (k/n − p)² = z² p (1 − p) / n, solved directly."""
+    ph = k / n
+    a = 1 + z * z / n
+    b = -(2 * ph + z * z / n)
+    c = ph * ph
+    disc = np.sqrt(b * b - 4 * a * c)
+    return (-b - disc) / (2 * a), (-b + disc) / (2 * a)
+
+
+@pytest.mark.parametrize("k, n", [(0, 8), (3, 8), (8, 8), (1, 5), (37, 100)])
+def test_wilson_interval_closed_forms(k, n):
+    z = 1.959963984540054
+    rate, lo, hi = tasks.wilson_interval(k, n)
+    want_lo, want_hi = _wilson_by_quadratic(k, n, z)
+    # both are float64 closed forms of a few operations: agreement to 1e-12
+    np.testing.assert_allclose([rate, lo, hi], [k / n, want_lo, want_hi], rtol=0, atol=1e-12)
+    if k == 0:  # the upper end at k = 0 is z²/(n + z²)
+        np.testing.assert_allclose(hi, z * z / (n + z * z), rtol=1e-12)
+        assert lo == 0
+    if k == n:
+        np.testing.assert_allclose(lo, n / (n + z * z), rtol=1e-12)
+        assert hi == 1
+
+
+def test_wilson_interval_vectorised_and_bad_input():
+    rate, lo, hi = tasks.wilson_interval(np.array([0, 4, 8]), 8)
+    assert rate.shape == lo.shape == hi.shape == (3,)
+    assert np.all((lo <= rate) & (rate <= hi))
+    np.testing.assert_allclose(lo[0], 1 - hi[2], atol=1e-12)  # symmetric in k <-> n − k
+    with pytest.raises(ValueError, match="successes"):
+        tasks.wilson_interval(9, 8)
+    with pytest.raises(ValueError, match="trials"):
+        tasks.wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="z"):
+        tasks.wilson_interval(1, 2, z=-1.0)

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "partial_jacobians": "gradflow.experiments.partial_jacobians",
     "transformers": "gradflow.experiments.transformers",
     "cnn": "gradflow.experiments.cnn",
+    "long_memory": "gradflow.experiments.long_memory",
 }
 
 

@@ -15,6 +15,7 @@ extra), otherwise a generated 8×8 digit-like task with the same shapes (:func:`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from gradflow import _checks
 from gradflow.chain import Chain
+from gradflow.tasks._images import ImageData, digits, image_classification, synthetic_images
 
 __all__ = [
     "cross_entropy",
@@ -32,9 +34,16 @@ __all__ = [
     "adding",
     "temporal_order",
     "memorization",
+    "multiplication",
+    "random_permutation",
     "adding_target",
     "temporal_order_target",
     "memorization_target",
+    "multiplication_target",
+    "random_permutation_target",
+    "PASCANU_TOLERANCE",
+    "pascanu_criterion",
+    "wilson_interval",
     "get",
     "active_steps",
     "MaskedStep",
@@ -65,7 +74,11 @@ class SequenceTask(NamedTuple):
         softmax cross-entropy) or "bits" (y ``(B, out_features)`` in {0, 1}, sigmoid cross-entropy).
       threshold: the success criterion on the test set: mean squared error below it
         (regression), or error rate below it (classification: fraction of wrong sequences;
-        bits: fraction of sequences with any wrong bit).
+        bits: fraction of sequences with any wrong bit; regression with a ``tolerance``:
+        fraction of sequences whose squared error exceeds it).
+      tolerance: regression only: None scores by the mean squared error; a number counts a
+        test sequence as wrong when its squared error exceeds it (Pascanu et al. 2013, §4.1.2:
+        0.04 on a target in [0, 1]), so that :attr:`threshold` is an error rate.
     """
 
     name: str
@@ -75,6 +88,7 @@ class SequenceTask(NamedTuple):
     out_features: int
     kind: str
     threshold: float
+    tolerance: float | None = None
 
     def loss(self, outputs: jax.Array, y: jax.Array) -> jax.Array:
         """The training loss of readout ``outputs`` ``(B, out_features)`` against targets ``y``."""
@@ -82,7 +96,7 @@ class SequenceTask(NamedTuple):
 
     def error(self, outputs: jax.Array, y: jax.Array) -> jax.Array:
         """The test error that :attr:`threshold` applies to (see above); a scalar."""
-        return task_error(self.kind, outputs, y)
+        return task_error(self.kind, outputs, y, self.tolerance)
 
 
 def cross_entropy(logits, labels):
@@ -112,9 +126,12 @@ def task_loss(kind: str, outputs, y):
     raise ValueError(f"kind must be 'regression', 'classification' or 'bits', got {kind!r}")
 
 
-def task_error(kind: str, outputs, y):
+def task_error(kind: str, outputs, y, tolerance=None):
     if kind == "regression":
-        return jnp.mean(jnp.square(outputs - y))
+        sq = jnp.square(outputs - y)
+        if tolerance is None:
+            return jnp.mean(sq)
+        return jnp.mean(jnp.sum(sq, axis=-1) > tolerance)
     if kind == "classification":
         return jnp.mean(jnp.argmax(outputs, axis=-1) != y)
     if kind == "bits":
@@ -218,16 +235,49 @@ def adding(key, batch: int, length: int, *, start=0):
     """
     _check(batch, length, 2)
     start = _check_start(start, length, 2)
+    half = (length - start) // 2
+    u = _marked_pair(key, batch, length, start, (0, half), (half, length - start))
+    return u, adding_target(u)
+
+
+def _marked_pair(key, batch, length, start, first, second):
+    """``(B, T, 2)``: values U(0, 1) (channel 0, zero on padding) and two markers (channel 1),
+    one drawn uniformly from ``start + [first)`` and one from ``start + [second)``."""
     kv, k1, k2 = jax.random.split(key, 3)
     dtype = _checks.default_float()
-    half = (length - start) // 2
     t = jnp.arange(length)[None, :]
     values = jax.random.uniform(kv, (batch, length), dtype) * (t >= start)
-    i = start + jax.random.randint(k1, (batch,), 0, half)
-    j = start + jax.random.randint(k2, (batch,), half, length - start)
+    i = start + jax.random.randint(k1, (batch,), *first)
+    j = start + jax.random.randint(k2, (batch,), *second)
     markers = ((t == i[:, None]) | (t == j[:, None])).astype(dtype)
-    y = jnp.sum(values * markers, axis=1, keepdims=True)
-    return jnp.stack([values, markers], axis=-1), y
+    return jnp.stack([values, markers], axis=-1)
+
+
+def multiplication(key, batch: int, length: int, *, start=0):
+    """The multiplication problem (Hochreiter & Schmidhuber 1997, §5.5; Pascanu et al. 2013,
+    §4.1.2).
+
+    The inputs of :func:`adding` (values v_t ~ U(0, 1), two marked steps), with the marker
+    windows of Pascanu et al.'s code (``multiplication.py`` of github.com/pascanur/trainingRNNs):
+    the first marker uniformly in [0, ⌊T/10⌋), the second in [⌊T/10⌋, ⌊T/2⌋), so both marked
+    values lie at least T/2 steps before the end. The target is the product of the two marked
+    values, in [0, 1] (mean 1/4, variance 7/144).
+
+    Args:
+      key: PRNG key.
+      batch: B.
+      length: T ≥ 10.
+      start: the task occupies steps ``start … T−1`` (an effective length T − start ≥ 10, the
+        windows are fractions of it); earlier steps are all-zero padding. May be traced.
+
+    Returns:
+      ``(u (B, T, 2), y (B, 1))``.
+    """
+    _check(batch, length, 10)
+    start = _check_start(start, length, 10)
+    eff = length - start
+    u = _marked_pair(key, batch, length, start, (0, eff // 10), (eff // 10, eff // 2))
+    return u, multiplication_target(u)
 
 
 def temporal_order(key, batch: int, length: int, *, n_relevant: int = 2, start=0):
@@ -287,7 +337,8 @@ def memorization(key, batch: int, length: int, *, n_bits: int = 3, start=0):
       key: PRNG key.
       batch: B.
       length: T ≥ n_bits + 1.
-      n_bits: pattern length (3 for Pascanu's 3-bit variant, 5 for Martens & Sutskever's).
+      n_bits: pattern length (5 in Martens & Sutskever's "5-bit" problem, registered as
+        ``noiseless_memorization``; their 20-bit variant uses 10 symbols of 5 values, not bits).
       start: the task occupies steps ``start … T−1`` (effective length ≥ n_bits + 1); earlier
         steps are all-zero padding. May be traced.
 
@@ -304,6 +355,38 @@ def memorization(key, batch: int, length: int, *, n_bits: int = 3, start=0):
     symbols = jnp.where(t == length - 1, 3, symbols)
     u = jax.nn.one_hot(symbols, 4, dtype=_checks.default_float())
     return u * (t >= start)[None, :, None], bits.astype(jnp.int32)
+
+
+def random_permutation(key, batch: int, length: int, *, n_symbols: int = 100, start=0):
+    """The random permutation problem (Hochreiter & Schmidhuber 1997, §5.2, task 2b; Martens &
+    Sutskever 2011; Pascanu et al. 2013, §4.1.2).
+
+    A sequence of T one-hot symbols out of ``n_symbols``: the first is 0 or 1 (the one to
+    remember), the others are drawn uniformly from {2, …, n_symbols − 1}. The target is the
+    first symbol, predicted at the end as one of ``n_symbols`` classes (as in Pascanu et al.'s
+    ``permutation.py``, where the net predicts the next symbol, which repeats the first).
+
+    Args:
+      key: PRNG key.
+      batch: B.
+      length: T ≥ 2.
+      n_symbols: alphabet size ≥ 3 (100 in the paper).
+      start: the task occupies steps ``start … T−1`` (effective length ≥ 2); earlier steps are
+        all-zero padding. May be traced.
+
+    Returns:
+      ``(u (B, T, n_symbols), y (B,) int32)``.
+    """
+    _checks.positive_int("n_symbols", n_symbols, 3)
+    _check(batch, length, 2)
+    start = _check_start(start, length, 2)
+    kf, kr = jax.random.split(key)
+    first = jax.random.randint(kf, (batch,), 0, 2)
+    symbols = jax.random.randint(kr, (batch, length), 2, n_symbols)
+    t = jnp.arange(length)[None, :]
+    symbols = jnp.where(t == start, first[:, None], symbols)
+    u = jax.nn.one_hot(symbols, n_symbols, dtype=_checks.default_float())
+    return u * (t >= start)[..., None], random_permutation_target(u * (t >= start)[..., None])
 
 
 def adding_target(u) -> jax.Array:
@@ -337,6 +420,36 @@ def temporal_order_target(u) -> jax.Array:
     # Each relevant symbol is worth 2^(number of relevant symbols after it).
     after = jnp.flip(jnp.cumsum(jnp.flip(relevant, -1), axis=-1), -1) - relevant
     return jnp.sum(jnp.where(relevant, bit << after, 0), axis=-1).astype(jnp.int32)
+
+
+def multiplication_target(u) -> jax.Array:
+    """The multiplication problem's target from its inputs: the product of the marked values.
+
+    Args:
+      u: ``(B, T, 2)`` (channel 0 values, channel 1 markers; unmarked steps contribute 1).
+
+    Returns:
+      ``(B, 1)``.
+    """
+    u = jnp.asarray(u)
+    _checks.check_finite("u", u)
+    return jnp.prod(jnp.where(u[..., 1] > 0, u[..., 0], 1), axis=-1, keepdims=True)
+
+
+def random_permutation_target(u) -> jax.Array:
+    """The random permutation problem's class from its inputs: the first (non-padding) symbol.
+
+    Args:
+      u: ``(B, T, n_symbols)`` one-hot symbols (all-zero padding steps are skipped).
+
+    Returns:
+      ``(B,)`` int32.
+    """
+    u = jnp.asarray(u)
+    _checks.check_finite("u", u)
+    first = jnp.argmax(jnp.sum(u, axis=-1) > 0, axis=-1)  # the first active step
+    step = jnp.take_along_axis(u, first[:, None, None], axis=1)[:, 0]
+    return jnp.argmax(step, axis=-1).astype(jnp.int32)
 
 
 def memorization_target(u, n_bits: int = 3) -> jax.Array:
@@ -378,7 +491,102 @@ TASKS: dict[str, SequenceTask] = {
     "memorization": SequenceTask(
         "memorization", memorization, memorization_target, 4, 3, "bits", 0.01
     ),
+    # The tasks below score as Pascanu et al. 2013 (§4.1.1-4.1.2) do: error rate below 1 % of
+    # the test sequences; a regression sequence is wrong when its squared error exceeds 0.04.
+    "multiplication": SequenceTask(
+        "multiplication", multiplication, multiplication_target, 2, 1, "regression", 0.01, 0.04
+    ),
+    "random_permutation": SequenceTask(
+        "random_permutation",
+        random_permutation,
+        random_permutation_target,
+        100,
+        100,
+        "classification",
+        0.01,
+    ),
+    # Martens & Sutskever 2011's "5-bit" noiseless memorisation problem (see memorization).
+    "noiseless_memorization": SequenceTask(
+        "noiseless_memorization",
+        lambda key, batch, length, **kw: memorization(key, batch, length, n_bits=5, **kw),
+        functools.partial(memorization_target, n_bits=5),
+        4,
+        5,
+        "bits",
+        0.01,
+    ),
 }
+
+# Pascanu et al. 2013 (§4.1.2) count a regression sequence as misclassified when its squared
+# error exceeds 0.04, on targets in [0, 1] (their adding target is the *mean* of the two marked
+# values). gradflow's adding target is their sum, twice the mean, so its squared error is 4 times
+# theirs: the same criterion is 0.16.
+PASCANU_TOLERANCE: dict[str, float] = {"adding": 0.16, "multiplication": 0.04}
+
+
+def pascanu_criterion(task: SequenceTask) -> SequenceTask:
+    """``task`` scored as Pascanu, Mikolov & Bengio 2013 (arXiv:1211.5063, §4.1) score it.
+
+    A run succeeds when fewer than 1 % of freshly generated test sequences are misclassified
+    (10000 in the paper): for classification the arg-max class is wrong, for the bit patterns of
+    memorisation any bit is wrong, for regression the squared error exceeds the tolerance of
+    :data:`PASCANU_TOLERANCE` (0.04 on a target in [0, 1]).
+
+    Args:
+      task: a :class:`SequenceTask` (a regression task must be one of :data:`PASCANU_TOLERANCE`).
+
+    Returns:
+      The task with ``threshold=0.01`` and, for regression, ``tolerance`` set; its
+      :meth:`SequenceTask.error` is then the fraction of misclassified sequences.
+
+    Raises:
+      ValueError: a regression task with no known tolerance.
+    """
+    if not isinstance(task, SequenceTask):
+        raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
+    tolerance = None
+    if task.kind == "regression":
+        if task.name not in PASCANU_TOLERANCE:
+            raise ValueError(
+                f"task {task.name!r} is a regression task with no Pascanu tolerance; "
+                f"expected one of {', '.join(PASCANU_TOLERANCE)}"
+            )
+        tolerance = PASCANU_TOLERANCE[task.name]
+    return task._replace(threshold=0.01, tolerance=tolerance)
+
+
+def wilson_interval(successes, trials, *, z: float = 1.959963984540054):
+    """Wilson's score interval for a success probability (Wilson 1927, JASA 22:209).
+
+    For k successes in n trials, p̂ = k/n and
+
+        centre = (p̂ + z²/2n) / (1 + z²/n),
+        half = z / (1 + z²/n) · √(p̂(1 − p̂)/n + z²/4n²);
+
+    unlike the normal (Wald) interval it stays inside [0, 1] and is not empty at k = 0 or n,
+    which matters for the handful of seeds a training study affords.
+
+    Args:
+      successes: k, an int or array of ints in [0, n].
+      trials: n ≥ 1, broadcastable against ``successes``.
+      z: the normal quantile (1.96 for 95 %).
+
+    Returns:
+      ``(rate, low, high)`` NumPy float64 arrays of the broadcast shape.
+    """
+    k = np.asarray(successes, np.float64)
+    n = np.asarray(trials, np.float64)
+    if np.any(n < 1) or np.any(n != np.round(n)):
+        raise ValueError(f"trials must be integers >= 1, got {trials!r}")
+    if np.any(k < 0) or np.any(k > n) or np.any(k != np.round(k)):
+        raise ValueError(f"successes must be integers in [0, trials], got {successes!r}")
+    if not (np.isfinite(z) and z > 0):
+        raise ValueError(f"z must be a positive number, got {z!r}")
+    p = k / n
+    scale = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z / scale * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return p, np.maximum(centre - half, 0.0), np.minimum(centre + half, 1.0)
 
 
 def get(name: str) -> SequenceTask:
@@ -386,105 +594,3 @@ def get(name: str) -> SequenceTask:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     return TASKS[name]
-
-
-# --------------------------------------------------------------------------------------------
-# image classification
-# --------------------------------------------------------------------------------------------
-
-
-class ImageData(NamedTuple):
-    """A train/test split of flattened images, standardised with the training set's statistics.
-
-    Attributes:
-      x_train: ``(N_train, d)`` float32.
-      y_train: ``(N_train,)`` int32 labels in [0, n_classes).
-      x_test: ``(N_test, d)``.
-      y_test: ``(N_test,)``.
-      n_classes: number of classes.
-      name: "digits" (scikit-learn's bundled UCI digits) or "synthetic_digits".
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    n_classes: int
-    name: str
-
-
-def _split(x, y, n_classes, name, test_fraction, seed):
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_test = int(round(test_fraction * len(x)))
-    test, train = order[:n_test], order[n_test:]
-    mean, std = x[train].mean(0), x[train].std(0)
-    std = np.where(std > 0, std, 1.0)  # constant border pixels of the digits
-    x = ((x - mean) / std).astype(np.float32)
-    y = y.astype(np.int32)
-    return ImageData(x[train], y[train], x[test], y[test], n_classes, name)
-
-
-def digits(*, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
-    """scikit-learn's 8×8 handwritten digits (1797 images, 10 classes), bundled with the package.
-
-    Raises:
-      ImportError: if scikit-learn is not installed (``pip install gradflow[data]``).
-    """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise ImportError(
-            "tasks.digits needs scikit-learn (pip install 'gradflow[data]'); "
-            "tasks.synthetic_images is the dependency-free alternative"
-        ) from exc
-    d = load_digits()
-    return _split(
-        np.asarray(d.data, np.float64), np.asarray(d.target), 10, "digits", test_fraction, seed
-    )
-
-
-def synthetic_images(
-    *, n: int = 1800, n_classes: int = 10, side: int = 8, test_fraction: float = 0.2, seed: int = 0
-) -> ImageData:
-    """A generated digit-like task with the shapes of :func:`digits` (no dependencies).
-
-    Each class has a prototype: a random stroke of 3 segments on a ``side × side`` grid. A sample
-    is its class's prototype shifted by up to one pixel in each direction, with stroke intensity
-    jitter and Gaussian pixel noise (σ = 0.3 of the stroke value), quantised to 0…16 like the
-    digits. A linear classifier reaches well below 100 %, so depth matters.
-
-    Returns:
-      :class:`ImageData` named "synthetic_digits".
-    """
-    _checks.positive_int("n", n, 2)
-    _checks.positive_int("n_classes", n_classes, 2)
-    _checks.positive_int("side", side, 4)
-    rng = np.random.default_rng(seed)
-    protos = np.zeros((n_classes, side + 2, side + 2))
-    for c in range(n_classes):
-        pts = rng.uniform(1, side, size=(4, 2))
-        for a, b in zip(pts[:-1], pts[1:]):
-            for s in np.linspace(0, 1, 4 * side):
-                i, j = np.round(a + s * (b - a)).astype(int)
-                protos[c, i, j] = 1.0
-    y = rng.integers(0, n_classes, size=n)
-    shifts = rng.integers(0, 3, size=(n, 2))
-    x = np.stack([protos[c, si : si + side, sj : sj + side] for c, (si, sj) in zip(y, shifts)])
-    x = x * rng.uniform(0.6, 1.0, size=(n, 1, 1)) + 0.3 * rng.normal(size=x.shape)
-    x = np.clip(np.round(16 * x), 0, 16).reshape(n, side * side)
-    return _split(x.astype(np.float64), y, n_classes, "synthetic_digits", test_fraction, seed)
-
-
-def image_classification(*, prefer: str = "digits", test_fraction: float = 0.2, seed: int = 0):
-    """The digits when scikit-learn is installed, else :func:`synthetic_images`; see ``.name``."""
-    if prefer not in ("digits", "synthetic_digits"):
-        raise ValueError(f"prefer must be 'digits' or 'synthetic_digits', got {prefer!r}")
-    if prefer == "digits":
-        try:
-            return digits(test_fraction=test_fraction, seed=seed)
-        except ImportError:
-            pass
-    return synthetic_images(test_fraction=test_fraction, seed=seed)
