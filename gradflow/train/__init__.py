@@ -24,7 +24,10 @@ the pure, ``vmap``-able loop that reports the same thing in :class:`Divergence` 
 Mitigations from the literature come as optax pieces: :func:`with_clipping` (Pascanu et al.'s
 gradient-norm clipping), :func:`pascanu_regularizer` / :func:`with_pascanu_regularizer` (their
 soft constraint that preserves the norm of the back-propagated error), and the optimisers
-:func:`sgd`, :func:`adam` and :func:`rprop` (sign-based, immune to the gradient's scale).
+:func:`sgd`, :func:`adam` and :func:`rprop` (sign-based, immune to the gradient's scale); and
+gradient flossing (Engelken 2023): :func:`with_flossing_regularizer` during training and
+:func:`make_preflossing` before it, on the differentiable top-k Lyapunov spectrum
+:func:`recurrent_exponents`.
 
 Layout: :mod:`~gradflow.train.loop` (:func:`fit`, :func:`make_fit`),
 :mod:`~gradflow.train.results` (:class:`History`, :class:`FitResult`, …),
@@ -43,7 +46,18 @@ from gradflow.monitor import (  # re-exported: gf.train.monitor etc. (DESIGN.md)
     noise_scale,
     read_monitor,
 )
-from gradflow.train import gradient_free  # noqa: F401 - gf.train.gradient_free
+from gradflow.train import (
+    flossing,  # noqa: F401 - gf.train.flossing
+    gradient_free,  # noqa: F401 - gf.train.gradient_free
+)
+from gradflow.train.flossing import (
+    PreFlossing,
+    flossing_loss_fn,
+    flossing_regularizer,
+    make_preflossing,
+    recurrent_exponents,
+    with_flossing_regularizer,
+)
 from gradflow.train.loop import fit, make_fit
 from gradflow.train.optim import adam, rprop, sgd, with_clipping
 from gradflow.train.pascanu import (
@@ -82,4 +96,10 @@ __all__ = [
     "pascanu_regularizer",
     "with_pascanu_regularizer",
     "recurrent_state_grad_fn",
+    "PreFlossing",
+    "recurrent_exponents",
+    "flossing_regularizer",
+    "flossing_loss_fn",
+    "with_flossing_regularizer",
+    "make_preflossing",
 ]
