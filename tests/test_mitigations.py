@@ -43,8 +43,10 @@ def _check_outputs(out, summary, cfg):
         "mlp_accuracy.png",
         "mlp_learning_curves.png",
         "mlp_grad_ratio.png",
+        "mlp_layer_grads.png",
         "rnn_success.png",
         "rnn_state_grads.png",
+        "flossing.png",
     ):
         assert (d / name).stat().st_size > 0, name
     assert json.loads((d / "summary.json").read_text())["dataset"] == summary["dataset"]
@@ -53,13 +55,20 @@ def _check_outputs(out, summary, cfg):
     want = len(cfg.rnn_tasks) * len(cfg.rnn_models) * len(M.RNN_VARIANTS) * len(cfg.lengths)
     assert len(rows) == want
     assert "| method |" in (d / "table.md").read_text()
+    assert "## (c) Gradient flossing" in (d / "table.md").read_text()
+
+
+# Part (c) at toy size (still ~10 s of compiling).
+TINY_FLOSSING = M.FLOSSING_QUICK._replace(
+    length=12, width=6, k=2, seeds=2, batch=4, steps=8, preflossing_steps=30, n_test=16
+)
 
 
 # End to end (~15 s of compiling on 2 cores): the slow step, beside the quick study, which checks
 # the same outputs; the default run keeps the table/markdown tests below.
 @pytest.mark.slow
 def test_tiny_study_runs(tmp_path):
-    summary = M.run(tmp_path, config=TINY)
+    summary = M.run(tmp_path, config=TINY, flossing_config=TINY_FLOSSING)
     assert summary["mode"] == "custom"
     _check_outputs(tmp_path, summary, TINY)
     # with and without clipping for the one MLP variant
@@ -72,7 +81,8 @@ def test_quick_study_runs(tmp_path):
     assert summary["mode"] == "quick"
     _check_outputs(tmp_path, summary, M.QUICK)
     methods = {r["method"] for r in summary["mlp"]}
-    assert len(methods) == 10
+    assert len(methods) == 12
+    assert {M.PRETRAINED, M.AMPLIFIED} <= methods
     assert any("Rprop" in r["optimizer"] for r in summary["mlp"])
     assert any("evolution" in r["optimizer"] for r in summary["mlp"])
 
@@ -120,3 +130,49 @@ def test_tables_from_records():
     assert [r["success_rate"] for r in rows] == [0.5, 0.0]
     # median test error of (0.001, 0.5) is 0.2505, printed to 3 significant figures
     assert "| adding | LSTM | SGD-C | 0.50 [0.251] | 0.00 [0.25] |" in M.rnn_markdown(rows, M.QUICK)
+
+
+def test_mitigation_variants_share_the_sigmoid_program():
+    """Pre-training and amplification are applied to the sigmoid/Glorot net: same architecture
+    (so they join its compiled run), same initialiser (so the amplified run's start is the plain
+    run's initialisation, seed for seed)."""
+    by = {v.label: v for v in M.mlp_variants()}
+    base, pre, amp = by["sigmoid, Glorot (default)"], by[M.PRETRAINED], by[M.AMPLIFIED]
+    assert base.arch == pre.arch == amp.arch
+    assert pre.pretrain and not pre.amplify and amp.amplify and not amp.pretrain
+    assert M.QUICK.amp_factor > 1 and 0 < M.QUICK.amp_fraction <= 1
+
+
+def test_layer_grad_figure_and_seed_spread_from_hand_made_numbers():
+    """The new figure draws from curves alone (bands over 2 seeds, -inf at the float32 floor),
+    and the accuracy bars carry one dot per seed; the success-rate interval is Wilson's (at 1 of
+    2 seeds: centre 0.5, half-width 1.96/(1 + 1.96²/2)·√(1/8 + 1.96²/16) ≈ 0.41)."""
+    from gradflow.experiments.mitigations import plotting
+
+    depth, L = 3, 4
+    summary = {"config": M.QUICK._asdict() | {"depth": depth}, "dataset": "digits"}
+    curves = {"steps": np.arange(3)}
+    for m in ("sigmoid, Glorot (default)", M.PRETRAINED, M.AMPLIFIED):
+        for s in range(2):
+            g = np.stack([np.linspace(-6, -1, L), np.linspace(-3, -1, L)]) + s
+            g[0, 0] = -np.inf
+            curves[f"layer_grads/{m}/SGD/clip=False/seed={s}"] = g
+    curves[f"pretrain_loss/{M.PRETRAINED}/seed=0"] = np.ones((depth, 20))
+    fig = M.figure_mlp_layer_grads(summary, curves)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "after greedy pre-training" in labels and "after fine-tuning" in labels
+    lo, hi = plotting._wilson(np.array([0.5]), np.array([2]))
+    np.testing.assert_allclose(hi - 0.5, 1.96 / (1 + 1.96**2 / 2) * np.sqrt(1 / 8 + 1.96**2 / 16))
+    np.testing.assert_allclose(0.5 - lo, hi - 0.5)
+    row = {
+        "method": "x",
+        "optimizer": "SGD",
+        "clipping": False,
+        "final_accuracy_mean": 0.5,
+        "final_accuracy_min": 0.4,
+        "final_accuracy_max": 0.6,
+        "final_accuracy_seeds": [0.4, 0.6],
+    }
+    fig = M.figure_mlp_accuracy({"mlp": [row], "config": summary["config"], "dataset": "d"})
+    dots = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "o"]
+    assert [list(d.get_xdata()) for d in dots] == [[0.4, 0.6]]

@@ -483,6 +483,20 @@ TINY_RUNS = {
             n_test=16,
         ),
     ),
+    "long_memory": lambda mp, m: mp.setattr(
+        m,
+        "QUICK",
+        m.QUICK._replace(
+            tasks=("temporal_order",),
+            lengths=(10, 12),
+            seeds=2,
+            width=6,
+            batch=4,
+            steps=4,
+            n_test=8,
+            test_chunk=4,
+        ),
+    ),
     "partial_jacobians": None,  # its quick mode (~20 s)
     "transformers": lambda mp, m: mp.setattr(
         m, "QUICK", m.Settings(8, 4, 2, 4, 6, 2, 16, 1.0, 8, 3, 4, 3, 2)

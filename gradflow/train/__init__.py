@@ -27,13 +27,19 @@ soft constraint that preserves the norm of the back-propagated error), and the o
 :func:`sgd`, :func:`adam` and :func:`rprop` (sign-based, immune to the gradient's scale); and
 gradient flossing (Engelken 2023): :func:`with_flossing_regularizer` during training and
 :func:`make_preflossing` before it, on the differentiable top-k Lyapunov spectrum
-:func:`recurrent_exponents`.
+:func:`recurrent_exponents`; greedy layer-wise pre-training (:func:`pretrain` /
+:func:`make_pretrain`: stacked autoencoders or RBMs by CD-k, one level at a time on the frozen
+outputs below, returning MLP parameters to fine-tune) and gradient amplification (:func:`amplify`,
+Basodi et al. 2020: chosen or randomly drawn layers' gradients × a factor on scheduled steps).
 
 Layout: :mod:`~gradflow.train.loop` (:func:`fit`, :func:`make_fit`),
 :mod:`~gradflow.train.results` (:class:`History`, :class:`FitResult`, …),
 :mod:`~gradflow.train.optim` (optimisers, clipping), :mod:`~gradflow.train.pascanu` (Ω and the
-recurrent-model helpers), :mod:`~gradflow.train.gradient_free` (evolution strategy, random
-search); the compiled step, the segmented loop and the batch sources are package-private
+recurrent-model helpers), :mod:`~gradflow.train.flossing` (gradient flossing),
+:mod:`~gradflow.train.pretraining` (greedy layer-wise pre-training),
+:mod:`~gradflow.train.amplification` (gradient amplification),
+:mod:`~gradflow.train.gradient_free` (evolution strategy, random search); the compiled step,
+the segmented loop and the batch sources are package-private
 (``_loop``, ``_stream``, ``_batches``).
 """
 
@@ -50,6 +56,7 @@ from gradflow.train import (
     flossing,  # noqa: F401 - gf.train.flossing
     gradient_free,  # noqa: F401 - gf.train.gradient_free
 )
+from gradflow.train.amplification import AmplifyState, amplified_layers, amplify
 from gradflow.train.flossing import (
     PreFlossing,
     flossing_loss_fn,
@@ -64,6 +71,14 @@ from gradflow.train.pascanu import (
     pascanu_regularizer,
     recurrent_state_grad_fn,
     with_pascanu_regularizer,
+)
+from gradflow.train.pretraining import (
+    LevelResult,
+    PretrainResult,
+    cd_gradient,
+    make_pretrain,
+    pretrain,
+    train_level,
 )
 from gradflow.train.results import (
     Divergence,
@@ -102,4 +117,13 @@ __all__ = [
     "flossing_loss_fn",
     "with_flossing_regularizer",
     "make_preflossing",
+    "pretrain",
+    "make_pretrain",
+    "train_level",
+    "cd_gradient",
+    "PretrainResult",
+    "LevelResult",
+    "amplify",
+    "amplified_layers",
+    "AmplifyState",
 ]

@@ -2,11 +2,16 @@
 
 (a) Deep MLPs (depth ≥ 20) on an image task (scikit-learn's bundled 8×8 digits, or a generated
 digit-like task without scikit-learn): sigmoid with Glorot's ("default"), Kumar's and
-Yilmaz–Poli's initialisations, tanh/Glorot, ReLU/He, leaky ReLU, GELU, a residual ReLU net,
-BatchNorm and LayerNorm, each trained by SGD with momentum with and without gradient-norm clipping;
-plus sign-based Rprop (full batch) and a gradient-free evolution strategy on the sigmoid/Glorot
-net. Recorded: final test accuracy, steps to a target accuracy, and the first/last hidden layer
-gradient-norm ratio over training (from :func:`gradflow.train.fit`'s monitors).
+Yilmaz–Poli's initialisations, the sigmoid/Glorot net after greedy layer-wise pre-training
+(stacked autoencoders, :mod:`gradflow.train.pretraining`) and with gradient amplification
+(Basodi et al. 2020, :mod:`gradflow.train.amplification`), tanh/Glorot, ReLU/He, leaky ReLU,
+GELU, a residual ReLU net, BatchNorm and LayerNorm, each trained by SGD with momentum with and
+without gradient-norm clipping; plus sign-based Rprop (full batch) and a gradient-free evolution
+strategy on the sigmoid/Glorot net. Recorded: final test accuracy (every seed), steps to a
+target accuracy, the first/last hidden layer gradient-norm ratio over training, and the
+per-layer gradient norms at the start and the end of training (from
+:func:`gradflow.train.fit`'s monitors) — for the pre-trained net, after pre-training and after
+fine-tuning.
 
 (b) RNN (tanh, Pascanu's form) vs LSTM vs GRU on the adding and temporal-order problems at
 several sequence lengths, trained by SGD ("SGD"), SGD with clipping ("SGD-C") and SGD with
@@ -38,13 +43,23 @@ from gradflow.chain import Chain as Chain  # re-exported: the module's public na
 from gradflow.chain import final_state as final_state
 from gradflow.experiments import _io
 from gradflow.experiments.mitigations import measure
+from gradflow.experiments.mitigations.flossing import (
+    FLOSSING_FULL,
+    FLOSSING_QUICK,
+    FlossingConfig,
+    figure_flossing,
+    flossing_table,
+    run_flossing,
+)
 from gradflow.experiments.mitigations.measure import run_mlp, run_rnn
 from gradflow.experiments.mitigations.plotting import (
     figure_mlp_accuracy,
     figure_mlp_curves,
+    figure_mlp_layer_grads,
     figure_rnn_state_grads,
     figure_rnn_success,
 )
+from gradflow.experiments.mitigations.settings import AMPLIFIED as AMPLIFIED
 from gradflow.experiments.mitigations.settings import (
     FULL,
     QUICK,
@@ -52,6 +67,7 @@ from gradflow.experiments.mitigations.settings import (
     MLPVariant,
     mlp_variants,
 )
+from gradflow.experiments.mitigations.settings import PRETRAINED as PRETRAINED
 from gradflow.experiments.mitigations.settings import RNN_VARIANTS as RNN_VARIANTS
 from gradflow.experiments.mitigations.tables import (
     mlp_markdown,
@@ -78,9 +94,16 @@ __all__ = [
     "run",
     "figure_mlp_accuracy",
     "figure_mlp_curves",
+    "figure_mlp_layer_grads",
     "figure_rnn_success",
     "figure_rnn_state_grads",
     "figures",
+    "FlossingConfig",
+    "FLOSSING_QUICK",
+    "FLOSSING_FULL",
+    "run_flossing",
+    "flossing_table",
+    "figure_flossing",
 ]
 
 NAME = "mitigations"
@@ -101,8 +124,10 @@ def _figures(summary: Mapping, curves: Mapping[str, np.ndarray]) -> dict[str, Fi
         "mlp_accuracy": figure_mlp_accuracy(summary),
         "mlp_learning_curves": figure_mlp_curves(summary, curves, quantity="accuracy"),
         "mlp_grad_ratio": figure_mlp_curves(summary, curves, quantity="grad_ratio"),
+        "mlp_layer_grads": figure_mlp_layer_grads(summary, curves),
         "rnn_success": figure_rnn_success(summary),
         "rnn_state_grads": figure_rnn_state_grads(curves),
+        "flossing": figure_flossing(curves),
     }
 
 
@@ -119,13 +144,21 @@ def figures(out_dir) -> dict[str, Figure]:
     return _figures(_io.load_json(out / "summary.json"), _io.load_npz(out / "curves.npz"))
 
 
-def run(out_dir, *, full: bool = False, config: Config | None = None) -> dict:
-    """Runs parts (a) and (b), writes tables, figures and numbers to ``out_dir/mitigations``.
+def run(
+    out_dir,
+    *,
+    full: bool = False,
+    config: Config | None = None,
+    flossing_config: FlossingConfig | None = None,
+) -> dict:
+    """Runs parts (a), (b) and (c), writes tables, figures and numbers to ``out_dir/mitigations``.
 
     Args:
       out_dir: output directory.
-      full: paper-sized :data:`FULL` instead of :data:`QUICK`.
+      full: paper-sized :data:`FULL` (and :data:`FLOSSING_FULL`) instead of :data:`QUICK`
+        (and :data:`FLOSSING_QUICK`).
       config: explicit :class:`Config` (overrides ``full``; the tests use a tiny one).
+      flossing_config: explicit :class:`FlossingConfig` for part (c) (overrides ``full``).
 
     Returns:
       A JSON-able summary (dataset, configuration, both tables).
@@ -144,6 +177,8 @@ def run(out_dir, *, full: bool = False, config: Config | None = None) -> dict:
         mlp_records = mlp_pending.collect()
         progress.stage("part (b): training the RNNs on the long-lag tasks")
         rnn_records = rnn_pending.collect()
+    progress.stage("part (c): gradient flossing (Engelken 2023)")
+    floss_summary, floss_curves = run_flossing(full=full, config=flossing_config)
     mlp_rows = mlp_table(mlp_records, cfg)
     rnn_rows = rnn_table(rnn_records)
 
@@ -154,7 +189,8 @@ def run(out_dir, *, full: bool = False, config: Config | None = None) -> dict:
     _write_text(
         out / "table.md",
         f"# Mitigations ({mode} mode)\n\n## (a) Deep MLPs\n\n{md_mlp}\n"
-        f"## (b) Long-term dependencies\n\n{md_rnn}",
+        f"## (b) Long-term dependencies\n\n{md_rnn}"
+        f"\n## (c) Gradient flossing\n\n{flossing_table(floss_summary)}",
     )
     run_key = "{method}/{optimizer}/clip={clipping}/seed={seed}"
     curves = (
@@ -167,11 +203,24 @@ def run(out_dir, *, full: bool = False, config: Config | None = None) -> dict:
             if r["_ratio_curve"] is not None
         }
         | {
+            # log10 per-layer gradient norms (2, L): at the start and at the end of training
+            f"layer_grads/{run_key.format(**r)}": r["_layer_grads"]
+            for r in mlp_records
+            if r["_layer_grads"] is not None
+        }
+        | {
+            # per level (depth, pretrain_steps); both clipping settings share one pre-training
+            "pretrain_loss/{method}/seed={seed}".format(**r): r["_pretrain_losses"]
+            for r in mlp_records
+            if "_pretrain_losses" in r
+        }
+        | {
             "state_grads/{task}/{model}/{variant}/T={length}/seed={seed}".format(**r): r[
                 "_state_grads"
             ]
             for r in rnn_records
         }
+        | floss_curves
     )
     _io.save_npz(curves, out / "curves.npz")
     summary = {
@@ -180,6 +229,7 @@ def run(out_dir, *, full: bool = False, config: Config | None = None) -> dict:
         "config": cfg._asdict(),
         "mlp": mlp_rows,
         "rnn": rnn_rows,
+        "flossing": floss_summary,
     }
     for name, fig in _figures(summary, curves).items():
         _io.save_figure(fig, out / f"{name}.png")

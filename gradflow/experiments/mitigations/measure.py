@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from gradflow import gradient_free, gradients, models, tasks, train
 from gradflow.chain import final_state
@@ -33,6 +35,8 @@ from gradflow.experiments.mitigations.settings import (
     mlp_model,
     mlp_variants,
 )
+from gradflow.train.amplification import amplify
+from gradflow.train.pretraining import make_pretrain
 
 __all__ = [
     "Pending",
@@ -131,8 +135,19 @@ def _steps_to(acc, steps, target):
     return float(steps[np.argmax(hit)]) if hit.any() else float("nan")
 
 
+def _log10_layers(norms):
+    """log10 of the per-layer gradient norms ``(M, L)`` at the first monitored step and at the
+    end (median of the last three records, as the ratio's): array ``(2, L)``."""
+    with np.errstate(divide="ignore"):
+        logs = np.log10(np.asarray(norms, np.float64))
+    with warnings.catch_warnings():  # a layer NaN at all three steps (diverged) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.stack([logs[0], np.nanmedian(logs[-3:], axis=0)])
+
+
 def _record(label, method, clip, seed, acc_curve, steps, final_acc, norms, diverged, div_step, cfg):
     ratio = _first_over_last(norms) if norms is not None else None
+    layers = _log10_layers(norms) if norms is not None else None
     return {
         "method": label,
         "optimizer": method,
@@ -142,10 +157,14 @@ def _record(label, method, clip, seed, acc_curve, steps, final_acc, norms, diver
         "steps_to_target": _steps_to(acc_curve, steps, cfg.target_accuracy),
         "log10_first_over_last_start": float(ratio[0]) if ratio is not None else float("nan"),
         "log10_first_over_last_end": nanmedian(ratio[-3:]) if ratio is not None else float("nan"),
+        # the input layer's own gradient norm: where the vanishing gradient bites
+        "log10_grad_input_start": float(layers[0, 0]) if layers is not None else float("nan"),
+        "log10_grad_input_end": float(layers[1, 0]) if layers is not None else float("nan"),
         "diverged": bool(diverged),
         "divergence_step": int(div_step),
         "_acc_curve": np.asarray(acc_curve),
         "_ratio_curve": ratio,
+        "_layer_grads": layers,
     }
 
 
@@ -197,17 +216,15 @@ def start_mlp(cfg: Config, data: tasks.ImageData, pool: Executor) -> tuple[Pendi
         groups.setdefault(v.arch, []).append(v)
     for arch_variants in groups.values():
         inst = [(v, c, s) for v in arch_variants for c in clips for s in range(cfg.seeds)]
-        pending.add(
-            pool,
-            *_sgd_runs(cfg, data, inst, seed_keys, idx),
-            _fit_records(
-                lambda i, inst=inst: inst[i][0].label,
-                "SGD",
-                [(math.isfinite(c), s) for _, c, s in inst],
-                steps,
-                cfg,
-            ),
+        fn, args, wrap = _sgd_runs(cfg, data, inst, seed_keys, idx)
+        to_records = _fit_records(
+            lambda i, inst=inst: inst[i][0].label,
+            "SGD",
+            [(math.isfinite(c), s) for _, c, s in inst],
+            steps,
+            cfg,
         )
+        pending.add(pool, fn, args, wrap(to_records))
     if cfg.baselines:
         _start_baselines(cfg, data, seed_keys, idx, steps, pending, pool)
     return pending, steps
@@ -215,7 +232,8 @@ def start_mlp(cfg: Config, data: tasks.ImageData, pool: Executor) -> tuple[Pendi
 
 def _sgd_runs(cfg, data, inst, seed_keys, idx):
     """SGD on every (variant, clipping, seed) of ``inst`` (variants of one architecture):
-    ``(fn, args)`` of one vmapped run."""
+    ``(fn, args, wrap)`` of one vmapped run; ``wrap(to_records)`` adapts a FitResult's records
+    to ``fn``'s outputs (a FitResult and the pre-training losses)."""
     xtr = jnp.asarray(data.x_train)
     model = mlp_model(cfg, inst[0][0], data.n_classes)
     loss, accuracy = _mlp_fns(model, data)
@@ -226,17 +244,77 @@ def _sgd_runs(cfg, data, inst, seed_keys, idx):
         if (v.label, s) not in drawn:
             drawn[v.label, s] = _init(mlp_model(cfg, v, data.n_classes), seed_keys[s], xtr[:2])
     params = _stack([drawn[v.label, s] for v, _, s in inst])
+    amplified = any(v.amplify for v, _, _ in inst)
+    # Pre-training runs once per (variant, seed), inside this program, before the fine-tuning
+    # runs that start from it (both clipping settings).
+    pairs = list(dict.fromkeys((v.label, s) for v, _, s in inst if v.pretrain))
+    first = [next(i for i, (v, _, s) in enumerate(inst) if (v.label, s) == p) for p in pairs]
+    dst = [i for i, (v, _, _) in enumerate(inst) if v.pretrain]
+    src = [pairs.index((v.label, s)) for v, _, s in inst if v.pretrain]
+    pre_run = pairs and make_pretrain(
+        model,
+        steps=cfg.pretrain_steps,
+        batch=cfg.pretrain_batch,
+        method=cfg.pretrain_method,
+        optimizer=optax.adam(cfg.pretrain_learning_rate),
+    )
+    # Basodi et al.'s "epoch": one pass over the training set
+    epoch = max(1, round(xtr.shape[0] / cfg.batch))
+    amp_stop = max(1, round(cfg.amp_until * cfg.steps))
 
-    def one(p, batch_idx, clip):
+    def one(p, batch_idx, clip, factor, amp_key):
         opt = train.sgd(cfg.learning_rate, momentum=cfg.momentum, clip_norm=clip)
+        if amplified:
+            # factor 1 for the other variants: exactly the plain SGD update
+            amp = amplify(
+                factor,
+                layers=lambda name: name != "readout",
+                fraction=cfg.amp_fraction,
+                key=amp_key,
+                active=(0, amp_stop),
+                redraw_every=epoch,
+            )
+            opt = optax.chain(amp, opt)
         run = train.make_fit(loss, opt, monitor_every=cfg.monitor_every, eval_fn=accuracy)
         return run(p, batch_idx)
 
-    return jax.vmap(one), (
+    def fn(p, batch_idx, clip, factor, amp_key, pre_keys):
+        losses = None
+        if pairs:
+            take = jnp.array(first)
+            pre = jax.vmap(pre_run, (0, None, 0))(
+                jax.tree_util.tree_map(lambda a: a[take], p), xtr, pre_keys
+            )
+            into, frm = jnp.array(dst), jnp.array(src)
+            p = jax.tree_util.tree_map(lambda a, b: a.at[into].set(b[frm]), p, pre.params)
+            losses = pre.losses
+        return jax.vmap(one)(p, batch_idx, clip, factor, amp_key), losses
+
+    def wrap(to_records):
+        def records(out):
+            res, losses = out
+            recs = to_records(res)
+            for r, (v, _, s) in zip(recs, inst):
+                if v.pretrain:
+                    r["_pretrain_losses"] = losses[pairs.index((v.label, s))]
+            return recs
+
+        return records
+
+    args = (
         params,
         idx[jnp.array([s for _, _, s in inst])],
         jnp.array([c for _, c, _ in inst]),
+        jnp.array([cfg.amp_factor if v.amplify else 1.0 for v, _, _ in inst]),
+        # unused placeholders where a group has neither mitigation
+        jnp.stack([jax.random.fold_in(seed_keys[s], 5) for _, _, s in inst])
+        if amplified
+        else jnp.zeros((len(inst),), jnp.uint32),
+        jnp.stack([jax.random.fold_in(seed_keys[s], 4) for _, s in pairs])
+        if pairs
+        else jnp.zeros((0,), jnp.uint32),
     )
+    return fn, args, wrap
 
 
 def _start_baselines(cfg, data, seed_keys, idx, steps, pending, pool):

@@ -7,7 +7,17 @@ from typing import Any, NamedTuple
 
 from gradflow import init, models
 
-__all__ = ["Config", "QUICK", "FULL", "MLPVariant", "mlp_variants", "RNN_VARIANTS", "mlp_model"]
+__all__ = [
+    "Config",
+    "QUICK",
+    "FULL",
+    "MLPVariant",
+    "mlp_variants",
+    "RNN_VARIANTS",
+    "PRETRAINED",
+    "AMPLIFIED",
+    "mlp_model",
+]
 
 
 class Config(NamedTuple):
@@ -46,6 +56,19 @@ class Config(NamedTuple):
     share_lengths: bool = True
     mlp_variants: tuple | None = None  # labels to run (None: all)
     baselines: bool = True  # Rprop and the evolution strategy
+    # greedy layer-wise pre-training of the sigmoid/Glorot net (gradflow.train.pretraining): every
+    # level trained for pretrain_steps Adam steps on batches of pretrain_batch, then fine-tuned
+    # by the same SGD as the other nets
+    pretrain_method: str = "autoencoder"
+    pretrain_steps: int = 100
+    pretrain_batch: int = 64
+    pretrain_learning_rate: float = 1e-2
+    # gradient amplification (gradflow.train.amplification) on the sigmoid/Glorot net: the gradients
+    # of a random amp_fraction of its input and hidden layers, drawn anew every epoch, are
+    # multiplied by amp_factor during the first amp_until fraction of the training steps
+    amp_factor: float = 4.0
+    amp_fraction: float = 0.5
+    amp_until: float = 0.5
 
 
 QUICK = Config()
@@ -65,11 +88,17 @@ FULL = Config(
     lengths=(20, 50, 100, 150, 200),
     n_test=1000,
     share_lengths=False,
+    pretrain_steps=1000,
+    pretrain_batch=128,
 )
 
 # Pascanu, Mikolov & Bengio 2013's three training methods: SGD, SGD with clipping, and SGD with
 # clipping and the regulariser Ω.
 RNN_VARIANTS = ("SGD", "SGD-C", "SGD-CR")
+
+# the two mitigations applied to the sigmoid/Glorot net (labels of part (a)'s rows)
+PRETRAINED = "sigmoid, Glorot + greedy pre-training"
+AMPLIFIED = "sigmoid, Glorot + gradient amplification"
 
 
 class MLPVariant(NamedTuple):
@@ -78,6 +107,8 @@ class MLPVariant(NamedTuple):
     kernel_init: Any
     residual: bool = False
     norm: str | None = None
+    pretrain: bool = False  # greedy layer-wise pre-training before SGD (Config.pretrain_*)
+    amplify: bool = False  # gradient amplification during SGD (Config.amp_*)
 
     @property
     def arch(self):
@@ -85,9 +116,11 @@ class MLPVariant(NamedTuple):
 
 
 def mlp_variants() -> list[MLPVariant]:
-    """The ten deep-MLP configurations of part (a)."""
+    """The twelve deep-MLP configurations of part (a)."""
     return [
         MLPVariant("sigmoid, Glorot (default)", "sigmoid", init.glorot()),
+        MLPVariant(PRETRAINED, "sigmoid", init.glorot(), pretrain=True),
+        MLPVariant(AMPLIFIED, "sigmoid", init.glorot(), amplify=True),
         MLPVariant("sigmoid, Kumar", "sigmoid", init.kumar("sigmoid")),
         MLPVariant("sigmoid, Yilmaz–Poli", "sigmoid", init.yilmaz_poli()),
         MLPVariant("tanh, Glorot", "tanh", init.glorot()),

@@ -44,9 +44,20 @@ def mlp_table(records: list[dict], cfg: Config) -> list[dict]:
                     nanmedian([r["log10_first_over_last_end"] for r in rs])
                 ),
                 "diverged": int(sum(r["diverged"] for r in rs)),
+                # per-layer gradient norms at the start (initialisation, or after pre-training)
+                # and at the end of training, first (input) layer
+                "log10_grad_input_start": _median_of(rs, "log10_grad_input_start"),
+                "log10_grad_input_end": _median_of(rs, "log10_grad_input_end"),
+                # every seed's accuracy, so figures can show the spread (";"-joined in the CSV)
+                "final_accuracy_seeds": [float(a) for a in acc],
             }
         )
     return rows
+
+
+def _median_of(rs: list[dict], key: str) -> float:
+    """Median over seeds of a record field (NaN if no record has it: hand-made or older ones)."""
+    return float(nanmedian([r.get(key, float("nan")) for r in rs]))
 
 
 def rnn_table(records: list[dict]) -> list[dict]:
@@ -86,10 +97,16 @@ def mlp_markdown(rows: list[dict], cfg: Config, dataset: str) -> str:
         f"Deep MLPs (depth {cfg.depth}, width {cfg.width}) on `{dataset}`, {cfg.steps} steps of "
         f"batch {cfg.batch}, {cfg.seeds} seeds; clipping at global norm {cfg.clip_norm:g}; target "
         f"accuracy {cfg.target_accuracy:g}. Ratio = log10 ‖∂L/∂θ_1‖/‖∂L/∂θ_{cfg.depth}‖ (first vs "
-        "last hidden layer) at the first step and at the end.\n\n"
+        "last hidden layer) at the first step and at the end; log10 ‖∂L/∂θ_1‖ is the input "
+        "layer's own gradient norm (medians over seeds; — where it underflowed to 0). The start of "
+        f"the pre-trained net is after greedy layer-wise pre-training ({cfg.pretrain_method}s, "
+        f"{cfg.pretrain_steps} Adam steps per level); gradient amplification multiplies the "
+        f"gradients of a random {cfg.amp_fraction:g} of the input and hidden layers, drawn anew "
+        f"every epoch, by {cfg.amp_factor:g} during the first {cfg.amp_until:g} of training.\n\n"
         "| method | optimiser | clip | test accuracy (mean [min, max]) | reached target | median "
-        "steps to target | log10 ratio, start | log10 ratio, end | diverged |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "steps to target | log10 ratio, start | log10 ratio, end | diverged | log10 ‖∂L/∂θ_1‖, "
+        "start | log10 ‖∂L/∂θ_1‖, end |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
         f"| {r['method']} | {r['optimizer']} | {_fmt(r['clipping'])} | "
@@ -98,7 +115,9 @@ def mlp_markdown(rows: list[dict], cfg: Config, dataset: str) -> str:
         f"{r['reached_target']}/{r['seeds']} | {_fmt(r['median_steps_to_target'], 0)} | "
         f"{_fmt(r['log10_first_over_last_start'], 1)} | "
         f"{_fmt(r['log10_first_over_last_end'], 1)} | "
-        f"{r['diverged']}/{r['seeds']} |"
+        f"{r['diverged']}/{r['seeds']} | "
+        f"{_fmt(r.get('log10_grad_input_start', float('nan')), 1)} | "
+        f"{_fmt(r.get('log10_grad_input_end', float('nan')), 1)} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -135,11 +154,19 @@ def rnn_markdown(rows: list[dict], cfg: Config) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _csv_cell(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return ";".join(_csv_cell(x) for x in v)
+    return v
+
+
 def to_csv(rows: list[dict]) -> str:
     """``rows`` (dicts with the same keys) as CSV text, floats to 6 significant digits."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow({k: _csv_cell(v) for k, v in r.items()})
     return buf.getvalue()
