@@ -483,6 +483,22 @@ TINY_RUNS = {
             n_test=16,
         ),
     ),
+    "init_training": lambda mp, m: mp.setattr(
+        m,
+        "QUICK",
+        m.Settings(
+            depths=(2,),
+            width=4,
+            batch=4,
+            steps=6,
+            seeds=2,
+            monitor_every=2,
+            target=0.2,
+            sgd_rates=(0.1, 0.5),
+            adam_rates=(1e-3, 1e-2),
+            chi1_inputs=2,
+        ),
+    ),
     "long_memory": lambda mp, m: mp.setattr(
         m,
         "QUICK",

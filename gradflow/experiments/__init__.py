@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "meanfield": "gradflow.experiments.meanfield",
     "pascanu2013": "gradflow.experiments.pascanu2013",
     "init_study": "gradflow.experiments.init_study",
+    "init_training": "gradflow.experiments.init_training",
     "mitigations": "gradflow.experiments.mitigations",
     "partial_jacobians": "gradflow.experiments.partial_jacobians",
     "transformers": "gradflow.experiments.transformers",
