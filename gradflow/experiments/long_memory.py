@@ -38,7 +38,7 @@ from gradflow import _checks, init, models, plots, progress, tasks, train
 from gradflow._io import atomic_write
 from gradflow.chain import final_state
 from gradflow.experiments import _io
-from gradflow.experiments.mitigations.measure import Pending, compile_pool
+from gradflow.experiments._compile import Pending, compile_pool
 from gradflow.experiments.mitigations.tables import to_csv
 
 __all__ = [

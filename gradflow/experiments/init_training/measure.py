@@ -19,8 +19,8 @@ import numpy as np
 import optax
 
 from gradflow import jacobians, models, tasks, train
+from gradflow.experiments._compile import compile_pool
 from gradflow.experiments.init_training.settings import INITS, OPTIMIZERS, InitSpec, Settings
-from gradflow.experiments.mitigations.measure import compile_pool
 
 __all__ = [
     "Split",
