@@ -19,12 +19,16 @@ from gradflow import (
     sweep,
     tasks,
     theory,
+    threads,
     train,
     writers,
 )
 from gradflow._version import __version__ as __version__
 from gradflow.chain import Chain
 from gradflow.checking import checked
+
+# One OpenBLAS thread under XLA's batch parallelism (see gradflow.threads; GRADFLOW_LAPACK_THREADS).
+threads.configure_from_env()
 
 __all__ = [
     "Chain",
@@ -47,6 +51,7 @@ __all__ = [
     "sweep",
     "tasks",
     "theory",
+    "threads",
     "train",
     "writers",
 ]
