@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import _common as C
+from gradflow import threads
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,6 +100,8 @@ def run_modules(
         try:
             if tiny and name == "bench_core":
                 out = module.run(quick=True, sizes=TINY)
+            elif tiny and getattr(module, "TINY", None) is not None:
+                out = module.run(quick=True, sizes=module.TINY)
             else:
                 out = module.run(quick=quick)
         except Exception as exc:
@@ -128,6 +131,43 @@ def _is_gradflow(rec: dict) -> bool:
     return rec["implementation"].lower().startswith("gradflow")
 
 
+def _is_floor(rec: dict) -> bool:
+    return rec["implementation"].startswith("floor")
+
+
+def summary(records: list[dict]) -> list[str]:
+    """Per workload: gradflow's median and every peer's median / gradflow's (> 1: gradflow ahead).
+
+    A peer timed in several variants (torch thread counts) is listed once per variant; the
+    ``best peer`` column is the fastest of all, the ratio the acceptance criteria ask for.
+    """
+    out = [
+        "| workload | gradflow median s | best peer | best peer / gradflow "
+        "| all peers / gradflow |",
+        "|---|---|---|---|---|",
+    ]
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(r["workload"], []).append(r)
+    for wl, recs in by.items():
+        timed = [r for r in recs if r.get("median_s")]
+        ref = next((r for r in timed if _is_gradflow(r)), None)
+        peers = [r for r in timed if not _is_gradflow(r) and not _is_floor(r)]
+        if ref is None or not peers:
+            continue
+        t = ref["median_s"]
+        best = min(peers, key=lambda r: r["median_s"])
+        floor = next((r for r in timed if _is_floor(r)), None)
+        extra = f"; floor {t / floor['median_s']:.2f}× below gradflow" if floor else ""
+        out.append(
+            f"| {wl} | {_fmt_s(t)} | {best['implementation'].replace('|', '/')} | "
+            f"**{best['median_s'] / t:.3g}×** | "
+            + ", ".join(f"{r['median_s'] / t:.3g}×" for r in peers)
+            + f"{extra} |"
+        )
+    return out
+
+
 def markdown(records: list[dict], env: dict) -> str:
     """The results table: one section per workload, ratios against gradflow's time."""
     lines = [
@@ -138,6 +178,18 @@ def markdown(records: list[dict], env: dict) -> str:
         f"float32 matmul precision `{C.MATMUL_PRECISION}` in JAX and torch; "
         f"jax {env['versions'].get('jax')}, torch {env['versions'].get('torch')}; "
         f"wall time {env['wall_s']:.0f} s.",
+        "",
+    ]
+    cores = env.get("cpu_count") or os.cpu_count() or 1
+    if env.get("max_load") is not None and env["max_load"] > cores:
+        lines += [
+            f"> **Taken on a busy machine** (1-minute load average up to {env['max_load']} on "
+            f"{cores} cores): the times are not comparable with a quiet run; do not publish.",
+            "",
+        ]
+    lines += ["## Summary", "", *summary(records), ""]
+    lines += [
+        "## Details",
         "",
         "Each time is the median (and minimum) of `repeats` calls after one untimed, checked "
         "call (compilation excluded, recorded as `first_call_s` in results.json); bench_core "
@@ -167,7 +219,7 @@ def markdown(records: list[dict], env: dict) -> str:
         ref = next((r for r in recs if _is_gradflow(r) and r.get("median_s")), None)
         ref = ref or next((r for r in recs if r.get("median_s")), None)
         sizes = next((r.get("sizes") for r in recs if r.get("sizes")), None)
-        lines.append(f"## {workload}")
+        lines.append(f"### {workload}")
         if sizes:
             lines.append(f"sizes: `{json.dumps(sizes)}`")
         lines += [
@@ -244,6 +296,26 @@ def _versions() -> dict:
     return out
 
 
+def max_load(records: list[dict], env: dict) -> float:
+    """The highest 1-minute load average seen: before, after, and around every group's rounds."""
+    seen = [env["loadavg_before"][0], env["loadavg_after"][0]]
+    seen += [x for r in records for x in (r.get("load_during") or []) if x is not None]
+    return max(seen)
+
+
+def _load_test(args, env: dict, t0: float) -> int:
+    from benchmarks import load_test
+
+    records = load_test.run(load_test.TINY if args.tiny else None, warmup_s=5 if args.tiny else 90)
+    env["wall_s"] = time.perf_counter() - t0
+    env["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    (args.out / "load_test.json").write_text(json.dumps(records, indent=1, default=float) + "\n")
+    (args.out / "load_test.md").write_text(load_test.markdown(records))
+    (args.out / "load_test_environment.json").write_text(json.dumps(env, indent=1) + "\n")
+    print(f"[benchmarks] wrote {args.out}/load_test.json, load_test.md", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
@@ -253,6 +325,16 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="module names to run (e.g. core lyapunov)")
     parser.add_argument(
         "--skip-nt", action="store_true", help="do not create/use the neural-tangents environment"
+    )
+    parser.add_argument(
+        "--load-test",
+        action="store_true",
+        help="gradflow's (a) and (c) quiet, then beside `yes` processes (benchmarks/load_test.py)",
+    )
+    parser.add_argument(
+        "--require-quiet",
+        action="store_true",
+        help="refuse to write results.md (exit 3) if the load average exceeded the core count",
     )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the smoke test
     args = parser.parse_args(argv)
@@ -275,6 +357,7 @@ def main(argv=None) -> int:
             for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
         },
         "quick": args.quick,
+        "lapack_threads": threads.lapack_info()._asdict(),
     }
     print(f"[benchmarks] device: {env['jax_device']}; precision: {precision}", flush=True)
     if env["loadavg_before"][0] > (os.cpu_count() or 1):
@@ -283,13 +366,24 @@ def main(argv=None) -> int:
             f"{os.cpu_count()} cores; CPU timings will be noisy (recorded)",
             flush=True,
         )
+    if args.load_test:
+        return _load_test(args, env, t0)
     records = run_modules(
         args.quick, only=args.only, tiny=args.tiny, log=lambda m: print(m, flush=True)
     )
     env["wall_s"] = time.perf_counter() - t0
     env["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    env["max_load"] = max_load(records, env)
+    env["quiet"] = env["max_load"] <= (os.cpu_count() or 1)
     (args.out / "results.json").write_text(json.dumps(records, indent=1, default=float) + "\n")
     (args.out / "environment.json").write_text(json.dumps(env, indent=1) + "\n")
+    if args.require_quiet and not env["quiet"]:
+        print(
+            f"[benchmarks] NOT publishing results.md: load average reached {env['max_load']} on "
+            f"{os.cpu_count()} cores (results.json keeps the numbers)",
+            flush=True,
+        )
+        return 3
     (args.out / "results.md").write_text(markdown(records, env) + "\n")
     print(
         f"[benchmarks] wrote {args.out}/results.json, results.md ({len(records)} records, "

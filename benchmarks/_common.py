@@ -32,6 +32,14 @@ __all__ = [
     "check_close",
     "peak_rss_reset",
     "peak_rss_bytes",
+    "Group",
+    "flush",
+    "set_budget",
+    "loadavg",
+    "host",
+    "same_answer",
+    "with_lapack_threads",
+    "with_torch_threads",
 ]
 
 # Full float32 matmuls everywhere: on GPUs/TPUs JAX's and torch's defaults use TF32/bfloat16
@@ -235,3 +243,185 @@ def _status_bytes(field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Interleaved timing of one workload's implementations
+# ------------------------------------------------------------------------------------------------
+
+# Seconds of timed rounds per workload (quick mode sets it; at least one round is always timed).
+_BUDGET = {"s": None}
+_PENDING: list[Group] = []
+
+
+def set_budget(seconds: float | None) -> None:
+    """Bounds each group's timed rounds to about ``seconds`` (None: all ``repeats`` rounds)."""
+    _BUDGET["s"] = seconds
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average, or None where the OS does not report it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+class Group:
+    """The implementations of one workload, timed in interleaved rounds.
+
+    ``add`` makes each implementation's first call (compilation, warm-up) and checks its result
+    at once, so a wrong answer never gets a time; :func:`flush` then runs ``repeats`` rounds,
+    each calling every passing implementation once in turn. On a shared machine the load varies
+    over minutes: interleaving exposes every implementation to the same conditions, where timing
+    one after the other would hand whole load spikes to one of them. The 1-minute load average
+    before and after the rounds is recorded in every record (``load_during``).
+    """
+
+    def __init__(self, records: list, repeats: int, peak: float | None):
+        self.records, self.repeats, self.peak, self.entries = records, repeats, peak, []
+        _PENDING.append(self)
+
+    def add(self, workload, impl, device, fn, *, check=None, extra=None, flops=None):
+        """First call + check of one implementation; returns its result, or None if it failed."""
+        extra = extra or {}
+        try:
+            t0 = time.perf_counter()
+            result = fn()
+            block(result)
+            first = time.perf_counter() - t0
+            info = check(result) if check is not None else {}
+        except Exception as exc:  # a failed check or a crash is a result to report, not to hide
+            print(f"[benchmarks] {workload} / {impl}: {type(exc).__name__}: {str(exc)[:300]}")
+            self.records.append(failed_record(workload, impl, device, exc, **extra))
+            return None
+        rec = record(
+            workload,
+            impl,
+            device,
+            **extra,
+            median_s=None,
+            first_call_s=first,
+            check={"passed": True, **info},
+        )
+        self.records.append(rec)
+        self.entries.append((rec, fn, flops, host(result)))
+        return result
+
+    def time(self) -> None:
+        """Runs the interleaved rounds and fills in every passing record's times."""
+        times = [[] for _ in self.entries]
+        start, load0 = time.perf_counter(), loadavg()
+        for r in range(self.repeats):
+            for ts, (rec, fn, _, checked) in zip(times, self.entries):
+                t0 = time.perf_counter()
+                out = fn()
+                block(out)
+                ts.append(time.perf_counter() - t0)
+                if r == 0 and not same_answer(checked, host(out)):  # outside the timer
+                    rec["wrong_timed_answer"] = True
+            spent = time.perf_counter() - start
+            if _BUDGET["s"] is not None and spent * (1 + 1 / len(times[0])) > _BUDGET["s"]:
+                break
+        load = [load0, loadavg()]
+        for ts, (rec, _, flops, _) in zip(times, self.entries):
+            rec["load_during"] = load
+            if rec.pop("wrong_timed_answer", False):
+                # A fast wrong answer is not a result: the record keeps no time.
+                rec.update(
+                    status="check_failed",
+                    reason="the timed call returned a different answer from the checked first "
+                    "call (e.g. a closure rebound after the check)",
+                )
+                print(f"[benchmarks] {rec['workload']} / {rec['implementation']}: {rec['reason']}")
+                continue
+            rec.update(
+                median_s=statistics.median(ts),
+                min_s=min(ts),
+                times_s=ts,
+                repeats=len(ts),
+                timing="interleaved rounds",
+            )
+            if flops is not None:
+                gflops = flops / rec["median_s"] / 1e9
+                rec.update(
+                    nominal_flops=flops, gflops=gflops, gflops_best=flops / rec["min_s"] / 1e9
+                )
+                if self.peak:
+                    rec["pct_of_matmul_rate"] = 100.0 * gflops / self.peak
+            print(
+                f"[benchmarks] {rec['workload']} / {rec['implementation']}: median "
+                f"{rec['median_s']:.4g} s, min {rec['min_s']:.4g} s (load {load})",
+                flush=True,
+            )
+        self.entries = []
+
+
+def flush() -> None:
+    """Times every group added since the last flush (their interleaved rounds)."""
+    while _PENDING:
+        _PENDING.pop(0).time()
+
+
+def host(result):
+    """The result's arrays as NumPy (JAX arrays and torch tensors alike), for comparison."""
+    import jax
+
+    torch = torch_or_none()
+
+    def leaf(x):
+        if torch is not None and isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy()
+        return np.asarray(x) if hasattr(x, "shape") else x
+
+    return [leaf(x) for x in jax.tree_util.tree_leaves(result)]
+
+
+def same_answer(checked: list, timed: list) -> bool:
+    """Whether the timed call returned what the checked first call did.
+
+    The same compiled function on the same inputs gives the same bits on one machine; the
+    tolerance only allows for threaded reductions whose order may vary between calls.
+    """
+    return len(checked) == len(timed) and all(
+        np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+        for a, b in zip(checked, timed)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Thread settings: pinned and default variants of the same call
+# ------------------------------------------------------------------------------------------------
+
+
+def with_lapack_threads(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
+    """``fn`` run (and finished) with jaxlib's LAPACK at ``n`` OpenBLAS threads (gradflow.threads).
+
+    gradflow pins one thread at import; ``n = os.cpu_count()`` is OpenBLAS's own default.
+    """
+    from gradflow import threads
+
+    def call():
+        with threads.lapack_threads(n):
+            out = fn()
+            block(out)
+        return out
+
+    return call
+
+
+def with_torch_threads(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
+    """``fn`` run (and finished) with torch's intra-op thread pool at ``n`` threads."""
+    torch = torch_or_none()
+
+    def call():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            out = fn()
+            block(out)
+        finally:
+            torch.set_num_threads(before)
+        return out
+
+    return call

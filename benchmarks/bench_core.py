@@ -24,8 +24,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import statistics
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ from benchmarks import _common as C
 from benchmarks import peers_nt
 from gradflow import gradients, jacobians, lyapunov, spectra
 
-__all__ = ["run", "SIZES"]
+__all__ = ["run", "SIZES", "SetupA", "setup_a", "setup_c"]
 
 SIZES = {
     "full": {
@@ -123,123 +124,6 @@ def _with_rate(fields: dict, flops: float, peak_gflops: float | None) -> dict:
     return fields
 
 
-# Seconds of timed calls per workload in quick mode (at least one round is always timed).
-_BUDGET = {"s": None}
-_PENDING: list[_Group] = []
-
-
-class _Group:
-    """The implementations of one workload, timed in interleaved rounds.
-
-    ``add`` makes each implementation's first call (compilation, warm-up) and checks its result
-    at once, so a wrong answer never gets a time; ``time`` then runs ``repeats`` rounds, each
-    calling every passing implementation once in turn. On a shared machine the load varies over
-    minutes: interleaving exposes every implementation to the same conditions, where timing
-    one after the other would hand whole load spikes to one of them.
-    """
-
-    def __init__(self, records: list, repeats: int, peak: float | None):
-        self.records, self.repeats, self.peak, self.entries = records, repeats, peak, []
-        _PENDING.append(self)
-
-    def add(
-        self, records, workload, impl, device, fn, *, repeats, check, extra, flops=None, peak=None
-    ):
-        """First call + check of one implementation; returns its result, or None if it failed."""
-        del records, repeats, peak  # the group's own
-        try:
-            t0 = time.perf_counter()
-            result = fn()
-            C.block(result)
-            first = time.perf_counter() - t0
-            info = check(result) if check is not None else {}
-        except Exception as exc:  # a failed check or a crash is a result to report, not to hide
-            _log(f"{workload} / {impl}: {type(exc).__name__}: {str(exc)[:300]}")
-            self.records.append(C.failed_record(workload, impl, device, exc, **extra))
-            return None
-        rec = C.record(
-            workload,
-            impl,
-            device,
-            **extra,
-            median_s=None,
-            first_call_s=first,
-            check={"passed": True, **info},
-        )
-        self.records.append(rec)
-        self.entries.append((rec, fn, flops, _host(result)))
-        return result
-
-    def time(self) -> None:
-        times = [[] for _ in self.entries]
-        start = time.perf_counter()
-        for r in range(self.repeats):
-            for ts, (rec, fn, _, checked) in zip(times, self.entries):
-                t0 = time.perf_counter()
-                out = fn()
-                C.block(out)
-                ts.append(time.perf_counter() - t0)
-                if r == 0 and not _same_answer(checked, _host(out)):  # outside the timer
-                    rec["wrong_timed_answer"] = True
-            spent = time.perf_counter() - start
-            if _BUDGET["s"] is not None and spent * (1 + 1 / len(times[0])) > _BUDGET["s"]:
-                break
-        for ts, (rec, _, flops, _) in zip(times, self.entries):
-            if rec.pop("wrong_timed_answer", False):
-                # A fast wrong answer is not a result: the record keeps no time.
-                rec.update(
-                    status="check_failed",
-                    reason="the timed call returned a different answer from the checked first "
-                    "call (e.g. a closure rebound after the check)",
-                )
-                _log(f"{rec['workload']} / {rec['implementation']}: {rec['reason']}")
-                continue
-            rec.update(
-                median_s=statistics.median(ts),
-                min_s=min(ts),
-                times_s=ts,
-                repeats=len(ts),
-                timing="interleaved rounds",
-            )
-            if flops is not None:
-                rec.update(_with_rate(rec, flops, self.peak))
-                rec["gflops_best"] = flops / rec["min_s"] / 1e9
-            _log(
-                f"{rec['workload']} / {rec['implementation']}: median {rec['median_s']:.4g} s, "
-                f"min {rec['min_s']:.4g} s"
-            )
-        self.entries = []
-
-
-def _host(result):
-    """The result's arrays as NumPy (JAX arrays and torch tensors alike), for comparison."""
-    torch = C.torch_or_none()
-
-    def leaf(x):
-        if torch is not None and isinstance(x, torch.Tensor):
-            return x.detach().cpu().numpy()
-        return np.asarray(x) if hasattr(x, "shape") else x
-
-    return [leaf(x) for x in jax.tree_util.tree_leaves(result)]
-
-
-def _same_answer(checked: list, timed: list) -> bool:
-    """Whether the timed call returned what the checked first call did.
-
-    The same compiled function on the same inputs gives the same bits on one machine; the
-    tolerance only allows for threaded reductions whose order may vary between calls.
-    """
-    return len(checked) == len(timed) and all(
-        np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
-        for a, b in zip(checked, timed)
-    )
-
-
-def _flush() -> None:
-    while _PENDING:
-        _PENDING.pop(0).time()
-
-
 # ------------------------------------------------------------------------------------------------
 # (a) singular values of all partial Jacobian products of an MLP, many initialisations
 # ------------------------------------------------------------------------------------------------
@@ -263,23 +147,25 @@ def _check_log_spectra(name, ref, got, *, floor=1e-3, atol=2e-3):
     return info
 
 
-def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
+class SetupA(NamedTuple):
+    """Workload (a)'s model, input, stacked parameters of every init, and gradflow's call."""
+
+    model: Any
+    x: Any
+    params: Any
+    batch: int
+    gradflow: Callable[[], Any]
+
+
+def setup_a(sz: dict) -> SetupA:
+    """Workload (a): a tanh MLP at σ_w = 1, ``inits`` initialisations, gradflow's jitted call."""
     width, depth, inits = sz["width"], sz["depth"], sz["inits"]
-    wl, dev, records = "a_mlp_partial_product_spectra", C.jax_device(), []
-    g = _Group(records, repeats, peak)
-    steps = depth - 1  # the chain: depth − 1 hidden-to-hidden maps
-    extra = {"sizes": dict(sz, chain_steps=steps), "activation": "tanh", "sigma_w": 1.0}
     model = gf.models.MLP(
         width=width, depth=depth, activation="tanh", kernel_init=gf.init.gaussian(1.0)
     )
     x = jax.random.normal(jax.random.key(1), (width,), jnp.float32)
     keys = jax.random.split(jax.random.key(0), inits)
     params = jax.jit(jax.vmap(lambda k: model.init(k, x)))(keys)
-    # Nominal flops of the product-scan algorithm per init: K forward-mode Jacobians (n tangents
-    # through an n × n matmul: 2n³), K products (2n³), K SVDs (bidiagonalisation 8n³/3).
-    flops = inits * steps * width**3 * (2 + 2 + 8 / 3)
-    extra["nominal_flops_formula"] = "inits·K·n³·(2 + 2 + 8/3)"
-
     # gradflow: lax.map over inits in batches (vmap inside a batch) bounds memory at
     # batch · K · n² floats for the products.
     batch = min(inits, 16)
@@ -289,17 +175,29 @@ def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
         one = lambda q: jacobians.backward_products(model.chain(q, x)).log_singular_values()
         return jax.lax.map(one, p, batch_size=batch)
 
+    return SetupA(model, x, params, batch, lambda: gf_spectra(params))
+
+
+def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
+    width, depth, inits = sz["width"], sz["depth"], sz["inits"]
+    wl, dev, records = "a_mlp_partial_product_spectra", C.jax_device(), []
+    g = C.Group(records, repeats, peak)
+    steps = depth - 1  # the chain: depth − 1 hidden-to-hidden maps
+    extra = {"sizes": dict(sz, chain_steps=steps), "activation": "tanh", "sigma_w": 1.0}
+    model, x, params, batch, gf_call = setup_a(sz)
+    # Nominal flops of the product-scan algorithm per init: K forward-mode Jacobians (n tangents
+    # through an n × n matmul: 2n³), K products (2n³), K SVDs (bidiagonalisation 8n³/3).
+    flops = inits * steps * width**3 * (2 + 2 + 8 / 3)
+    extra["nominal_flops_formula"] = "inits·K·n³·(2 + 2 + 8/3)"
+
     ref = g.add(
-        records,
         wl,
         "gradflow (backward_products + log_singular_values, lax.map/vmap over inits)",
         dev,
-        lambda: gf_spectra(params),
-        repeats=repeats,
+        gf_call,
         check=None,
         extra=extra,
         flops=flops,
-        peak=peak,
     )
     if ref is None:
         return records
@@ -335,22 +233,58 @@ def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
         return jnp.stack([log_svd(jac_from(hs[:, k], hidden, k)) for k in range(steps)], axis=1)
 
     g.add(
-        records,
         wl,
         "jax.jacrev per depth (Python loop over k, vmap over inits)",
         dev,
         jacrev_loop,
-        repeats=repeats,
         check=check,
         extra=extra,
         flops=flops,
-        peak=peak,
     )
 
-    # Peer 2: torch.func — jacrev w.r.t. a zero perturbation ε_k of every layer's input gives
-    # all ∂h_K/∂h_k in one reverse pass (vmapped over n cotangents), vmap over inits.
+    # Peer 2, "smart JAX": jacrev with respect to a zero perturbation ε_k added to every
+    # layer's input gives all ∂h_K/∂h_k in ONE reverse pass (vmapped over n cotangents); the
+    # perturbations enter as the scan's xs, so their cotangents are the scan's stacked outputs.
+    def perturbed_final(eps, q):
+        body = lambda h, inp: (step(inp[0], h + inp[1]), None)
+        return jax.lax.scan(body, step(q["params"]["input"], x), (q["params"]["hidden"], eps))[0]
+
+    @jax.jit
+    def smart_jax(p):
+        def one(q):
+            j = jax.jacrev(perturbed_final)(jnp.zeros((steps, width), x.dtype), q)  # (n, K, n)
+            return jnp.log(jnp.linalg.svd(jnp.swapaxes(j, 0, 1), compute_uv=False))
+
+        return jax.lax.map(one, p, batch_size=batch)
+
+    g.add(
+        wl,
+        "smart JAX (jax.jacrev w.r.t. per-layer perturbations + svd, lax.map/vmap over inits)",
+        dev,
+        lambda: smart_jax(params),
+        check=check,
+        extra=extra,
+        flops=flops,
+    )
+    # The same gradflow call with OpenBLAS's own thread count (what jaxlib does without
+    # gradflow.threads): nested threads, 4 on 2 cores.
+    g.add(
+        wl,
+        "gradflow (as above, LAPACK threads: OpenBLAS default)",
+        dev,
+        C.with_lapack_threads(gf_call, os.cpu_count() or 1),
+        check=check,
+        extra=dict(extra, lapack_threads=os.cpu_count()),
+        flops=flops,
+    )
+
+    # Peer 3: torch.func, the same one-pass idea; the perturbations as a TUPLE of K vectors
+    # (indexing eps[j] of one (K, n) tensor makes the reverse pass scatter into a K × n
+    # cotangent at every layer, O(K²n²) traffic: 1.65–5× slower).
     torch = C.torch_or_none()
-    name = "torch.func (jacrev w.r.t. per-layer perturbations, vmap over inits) + svdvals"
+    name = (
+        "torch.func (jacrev w.r.t. a tuple of per-layer perturbations, vmap over inits) + svdvals"
+    )
     if torch is None:
         records.append(C.skipped_record(wl, name, dev, "torch not installed", **extra))
         return records
@@ -367,29 +301,36 @@ def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
         return h
 
     jac = torch.func.vmap(torch.func.jacrev(final), in_dims=(None, 0, 0, 0, 0))
-    eps0 = torch.zeros(steps, width, dtype=torch.float32, device=tdev)
+    eps0 = tuple(torch.zeros(width, dtype=torch.float32, device=tdev) for _ in range(steps))
 
     def torch_spectra():
         out = []
         for s in range(0, inits, batch):  # the same memory bound as gradflow's batches
             sl = slice(s, s + batch)
-            j = jac(eps0, w_in[sl], b_in[sl], w_h[sl], b_h[sl])  # (b, n_out, K, n_in)
-            out.append(torch.log(torch.linalg.svdvals(j.permute(0, 2, 1, 3))))
+            j = torch.stack(jac(eps0, w_in[sl], b_in[sl], w_h[sl], b_h[sl]), 1)  # (b, K, n, n)
+            out.append(torch.log(torch.linalg.svdvals(j)))
         return torch.cat(out)
 
-    g.add(
-        records,
-        wl,
-        name,
-        tdesc,
-        torch_spectra,
-        repeats=repeats,
-        check=lambda r: check(r.cpu().numpy()),
-        extra=extra,
-        flops=flops,
-        peak=peak,
+    _torch_variants(
+        g, wl, name, tdesc, torch_spectra, lambda r: check(r.cpu().numpy()), extra, flops
     )
     return records
+
+
+def _torch_variants(g, wl, name, tdesc, fn, check, extra, flops) -> None:
+    """A torch peer twice: torch's default thread count (one per core) and one thread."""
+    torch = C.torch_or_none()
+    default = torch.get_num_threads()
+    for n, label in ((default, f"torch threads {default}"), (1, "torch threads 1")):
+        g.add(
+            wl,
+            f"{name} [{label}]",
+            tdesc,
+            C.with_torch_threads(fn, n),
+            check=check,
+            extra=dict(extra, torch_threads=n),
+            flops=flops,
+        )
 
 
 def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
@@ -400,7 +341,7 @@ def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
     step with one vjp (2n³), so the expected ratio is about 2 on the matmuls.
     """
     wl = "a_mlp_backward_products"
-    g = _Group(records, repeats, peak)
+    g = C.Group(records, repeats, peak)
     steps = sz["depth"] - 1
     extra = {"sizes": dict(sz, chain_steps=steps), "activation": "tanh", "sigma_w": 1.0}
 
@@ -410,16 +351,13 @@ def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
 
     vjp, jac = fn("vjp"), fn("jacobians")
     ref = g.add(
-        records,
         wl,
         "gradflow backward_products (reverse mode: one vjp per step, default)",
         C.jax_device(),
         lambda: vjp(params),
-        repeats=repeats,
         check=None,
         extra=extra,
         flops=sz["inits"] * steps * sz["width"] ** 3 * 2,
-        peak=peak,
     )
     if ref is None:
         return
@@ -431,17 +369,14 @@ def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
         return {"max_abs_unit_diff": float(np.max(np.abs(np.asarray(got[0]) - np.asarray(ref[0]))))}
 
     g.add(
-        records,
         wl,
         "gradflow backward_products (method='jacobians': jacfwd step Jacobians + "
         "matmul, the previous route)",
         C.jax_device(),
         lambda: jac(params),
-        repeats=repeats,
         check=check,
         extra=extra,
         flops=sz["inits"] * steps * sz["width"] ** 3 * 4,
-        peak=peak,
     )
 
 
@@ -453,7 +388,7 @@ def _products_only(sz, repeats, peak, model, x, params, records, batch) -> None:
 def workload_b(sz: dict, repeats: int, peak: float | None) -> list[dict]:
     width, depth, batch = sz["width"], sz["depth"], sz["batch"]
     wl, dev, records = "b_mlp_layer_grad_norms", C.jax_device(), []
-    g = _Group(records, repeats, peak)
+    g = C.Group(records, repeats, peak)
     extra = {"sizes": dict(sz), "activation": "tanh", "loss": "mean squared error"}
     model = gf.models.MLP(
         width=width, depth=depth, activation="tanh", kernel_init=gf.init.gaussian(1.0)
@@ -468,16 +403,13 @@ def workload_b(sz: dict, repeats: int, peak: float | None) -> list[dict]:
     flops = 6.0 * batch * width**2 * (depth + 1)
     extra["nominal_flops_formula"] = "6·B·n²·(depth + 1)"
     ref = g.add(
-        records,
         wl,
         "gradflow (gradients.layer_grad_norms, jit)",
         dev,
         lambda: gf_norms(params, (xb, yb)),
-        repeats=repeats,
         check=None,
         extra=extra,
         flops=flops,
-        peak=peak,
     )
     if ref is None:
         return records
@@ -510,20 +442,10 @@ def workload_b(sz: dict, repeats: int, peak: float | None) -> list[dict]:
 
     # float32 gradients through 50 layers by two libraries (different summation orders): each
     # layer's norm agrees to ~eps·√(B·n)·depth ≈ 1e-4 relative; rtol 1e-3 leaves a 10x margin.
-    g.add(
-        records,
-        wl,
-        name,
-        tdesc,
-        torch_norms,
-        repeats=repeats,
-        check=lambda r: C.check_close(
-            "layer gradient norms", ref, r.detach().cpu().numpy(), rtol=1e-3
-        ),
-        extra=extra,
-        flops=flops,
-        peak=peak,
+    check = lambda r: C.check_close(
+        "layer gradient norms", ref, r.detach().cpu().numpy(), rtol=1e-3
     )
+    _torch_variants(g, wl, name, tdesc, torch_norms, check, extra, flops)
     return records
 
 
@@ -532,38 +454,73 @@ def workload_b(sz: dict, repeats: int, peak: float | None) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
+def setup_c(sz: dict):
+    """Workload (c): ``(model, inputs, params, gradflow's jitted call)`` for a tanh RNN."""
+    model = gf.models.RNN(width=sz["width"], activation="tanh")
+    u = jax.random.normal(jax.random.key(3), (sz["steps"], sz["input_dim"]), jnp.float32)
+    params = jax.jit(model.init)(jax.random.key(4), u)
+    gf_lyap = jax.jit(lambda p: lyapunov.lyapunov_spectrum(model.chain(p, u)))
+    return model, u, params, lambda: gf_lyap(params)
+
+
 def workload_c(sz: dict, repeats: int, peak: float | None) -> list[dict]:
-    width, steps, d = sz["width"], sz["steps"], sz["input_dim"]
+    width, steps = sz["width"], sz["steps"]
     wl, dev, records = "c_rnn_lyapunov_spectrum", C.jax_device(), []
-    g = _Group(records, repeats, peak)
+    g = C.Group(records, repeats, peak)
     extra = {
         "sizes": dict(sz),
         "activation": "tanh",
         "recurrent_init": "orthogonal(1.0)",
         "k": width,
     }
-    model = gf.models.RNN(width=width, activation="tanh")
-    u = jax.random.normal(jax.random.key(3), (steps, d), jnp.float32)
-    params = jax.jit(model.init)(jax.random.key(4), u)
-    gf_lyap = jax.jit(lambda p: lyapunov.lyapunov_spectrum(model.chain(p, u)))
+    model, u, params, gf_call = setup_c(sz)
     # Per step: J Q by n tangents (2n³) and a QR with Q formed (8n³/3).
     flops = steps * width**3 * (2 + 8 / 3)
     extra["nominal_flops_formula"] = "T·n³·(2 + 8/3)"
     ref = g.add(
-        records,
         wl,
         "gradflow (lyapunov.lyapunov_spectrum on the chain, jit)",
         dev,
-        lambda: gf_lyap(params),
-        repeats=repeats,
+        gf_call,
         check=None,
         extra=extra,
         flops=flops,
-        peak=peak,
     )
     if ref is None:
         return records
     ref = np.asarray(ref)
+    g.add(
+        wl,
+        "gradflow (as above, LAPACK threads: OpenBLAS default)",
+        dev,
+        C.with_lapack_threads(gf_call, os.cpu_count() or 1),
+        check=lambda r: C.check_close("Lyapunov exponents", ref, r, atol=1e-3, rtol=1e-4),
+        extra=dict(extra, lapack_threads=os.cpu_count()),
+        flops=flops,
+    )
+
+    # The floor of the algorithm: T × (one n × n matmul J·Q + one QR with Q formed), with a fixed
+    # matrix standing in for J_t (no state, no Jacobian to compute), in one lax.scan.
+    wrec = params["params"]["recurrent"]["kernel"]
+
+    @jax.jit
+    def floor(q0):
+        def body(carry, _):
+            q, total = carry
+            q, r = jnp.linalg.qr(wrec @ q)
+            return (q, total + jnp.log(jnp.abs(jnp.diagonal(r)))), None
+
+        return jax.lax.scan(body, (q0, jnp.zeros(width, q0.dtype)), None, length=steps)[0][1]
+
+    eye = jnp.eye(width, dtype=jnp.float32)
+    g.add(
+        wl,
+        "floor: T × (J·Q matmul + QR), fixed J, lax.scan (not a peer: the algorithm's minimum)",
+        dev,
+        lambda: floor(eye),
+        extra=extra,
+        flops=flops,
+    )
 
     torch = C.torch_or_none()
     name = "torch (Python loop: torch.func.vmap(jvp) · Q, torch.linalg.qr)"
@@ -602,20 +559,10 @@ def workload_c(sz: dict, repeats: int, peak: float | None) -> list[dict]:
     # J Q span e^{|λ_n − λ_1|}), so exponents differ by up to ~1.2e-4 nats/step (observed at
     # n = 128, T = 500). 1e-3 absolute + 1e-4 relative is an 8x margin; a wrong spectrum (a
     # different frame order, a missed sign, a wrong Jacobian) is off by O(0.1).
-    g.add(
-        records,
-        wl,
-        name,
-        tdesc,
-        torch_lyap,
-        repeats=repeats,
-        check=lambda r: C.check_close(
-            "Lyapunov exponents", ref, r.cpu().numpy(), atol=1e-3, rtol=1e-4
-        ),
-        extra=extra,
-        flops=flops,
-        peak=peak,
+    check = lambda r: C.check_close(
+        "Lyapunov exponents", ref, r.cpu().numpy(), atol=1e-3, rtol=1e-4
     )
+    _torch_variants(g, wl, name, tdesc, torch_lyap, check, extra, flops)
     return records
 
 
@@ -643,7 +590,7 @@ def workload_e(sz_check: dict, sz_big: dict, repeats: int) -> list[dict]:
 
 
 def _workload_e_check(sz_check: dict, repeats: int, records: list, dev: str) -> None:
-    g = _Group(records, repeats, None)
+    g = C.Group(records, repeats, None)
 
     # 1. Both routes at a width where the dense Jacobian is cheap: the matrix-free values are
     #    checked against the SVD of the dense end-to-end Jacobian.
@@ -657,12 +604,10 @@ def _workload_e_check(sz_check: dict, repeats: int, records: list, dev: str) -> 
         )
     )
     ref = g.add(
-        records,
         wl,
         "dense (jacobians.end_to_end + svd)",
         dev,
         lambda: dense(params),
-        repeats=repeats,
         check=None,
         extra=extra,
     )
@@ -671,12 +616,10 @@ def _workload_e_check(sz_check: dict, repeats: int, records: list, dev: str) -> 
         # float32: the dense product carries ~eps·steps relative error in σ_1; the Lanczos
         # values are converged to their residuals (< 1e-6 here); 1e-4 in log σ covers both.
         g.add(
-            records,
             wl,
             "gradflow matrix-free (spectra.top_singular_values)",
             dev,
             lambda: mf(params),
-            repeats=repeats,
             check=lambda r: C.check_close("log top-k σ", ref, r.log_values, atol=1e-4),
             extra=extra,
         )
@@ -690,7 +633,7 @@ def _workload_e_big(sz_big: dict, repeats: int, records: list, dev: str) -> list
     extra = {"sizes": dict(sz_big), "model": "tanh RNN, W ~ N(0, 1/n)"}
     model, u, params = _rnn_chain_params(width, steps, 20)
     jax.block_until_ready(params)
-    g = _Group(records, min(repeats, 2), None)  # each call takes ~a minute on 2 cores
+    g = C.Group(records, min(repeats, 2), None)  # each call takes ~a minute on 2 cores
     rss0 = C.peak_rss_reset()
     # Compiled ahead of time (recorded as compile_s) so XLA's own memory accounting of this very
     # program can be recorded; the first timed-and-checked call is then a plain run.
@@ -724,12 +667,10 @@ def _workload_e_big(sz_big: dict, repeats: int, records: list, dev: str) -> list
         }
 
     result = g.add(
-        records,
         wl,
         "gradflow matrix-free (spectra.top_singular_values)",
         dev,
         lambda: mf(params),
-        repeats=1 if repeats <= 3 else 2,
         check=check_big,
         extra=extra,
     )
@@ -773,7 +714,7 @@ def _workload_e_big(sz_big: dict, repeats: int, records: list, dev: str) -> list
 def workload_d(sz: dict, repeats: int) -> list[dict]:
     ng, depth = sz["grid"], sz["depth"]
     wl, dev, records = f"d_meanfield_q_chi1_grid{ng}x{ng}_depth{depth}", C.jax_device(), []
-    g = _Group(records, repeats, None)
+    g = C.Group(records, repeats, None)
     activation, q0 = "erf", 1.0
     sw2 = np.linspace(0.25, 4.0, ng)
     # σ_b² > 0: at σ_b² = 0 and small σ_w² the length decays to exactly 0 in float32, where
@@ -800,9 +741,7 @@ def workload_d(sz: dict, repeats: int) -> list[dict]:
         q = meanfield.q_layers(activation, s, b, q0, depth)[-1]
         return q, meanfield.chi1(activation, s, b, q=q)
 
-    ref = g.add(
-        records, wl, name, dev, lambda: gf_grid(s, b), repeats=repeats, check=None, extra=extra
-    )
+    ref = g.add(wl, name, dev, lambda: gf_grid(s, b), check=None, extra=extra)
     nt_name = (
         f"neural-tangents {peers_nt.NT_VERSION} stax kernel_fn (own venv, jax "
         f"{peers_nt.JAX_VERSION}, jit+vmap over the grid)"
@@ -857,7 +796,7 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None, sizes=None) ->
     """
     sizes = sizes or SIZES["quick" if quick else "full"]
     repeats = sizes["repeats"]
-    _BUDGET["s"] = 30.0 if quick else None
+    C.set_budget(30.0 if quick else None)
     only = only or ("matmul", "a", "b", "c", "d", "e")
     records: list[dict] = []
     peak = None
@@ -875,7 +814,7 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None, sizes=None) ->
         t0 = time.perf_counter()
         _log(f"workload {name} …")
         out = stage()
-        _flush()  # the interleaved timing rounds of the stage's implementations
+        C.flush()  # the interleaved timing rounds of the stage's implementations
         if name == "matmul":
             peak = next(
                 (

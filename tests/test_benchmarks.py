@@ -26,7 +26,7 @@ def test_tiny_run_of_the_entry_point(tmp_path):
     # the rest of the test session.
     out = tmp_path / "bench"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "benchmarks", "--tiny", "--only", "core", "--skip-nt"]
+    cmd = [sys.executable, "-m", "benchmarks", "--tiny", "--only", "core", "scaling", "--skip-nt"]
     proc = subprocess.run(
         [*cmd, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
@@ -39,7 +39,9 @@ def test_tiny_run_of_the_entry_point(tmp_path):
         else:  # only peers that cannot run here, with the reason
             assert r["median_s"] is None and r["reason"]
     workloads = {r["workload"] for r in records}
-    for prefix in ("matmul_rate", "a_mlp", "b_mlp", "c_rnn", "d_meanfield", "e_matfree_topk_n"):
+    prefixes = ("matmul_rate", "a_mlp", "b_mlp", "c_rnn", "d_meanfield", "e_matfree_topk_n")
+    prefixes += ("a_scaling_products", "a_scaling_spectra", "f_single_jacobian")
+    for prefix in prefixes:
         assert any(w.startswith(prefix) for w in workloads), prefix
     gradflow = [r for r in records if r["implementation"].startswith("gradflow")]
     assert gradflow and all(r["status"] == "ok" for r in gradflow)
@@ -49,7 +51,7 @@ def test_tiny_run_of_the_entry_point(tmp_path):
     nt = [r for r in records if r["implementation"].startswith("neural-tangents")]
     assert nt and nt[0]["status"] == "skipped" and "--skip-nt" in nt[0]["reason"]
     md = (out / "results.md").read_text()
-    assert "## a_mlp_partial_product_spectra" in md and "vs ref" in md
+    assert "### a_mlp_partial_product_spectra" in md and "vs ref" in md and "## Summary" in md
     env_info = json.loads((out / "environment.json").read_text())
     assert env_info["precision"]["jax_default_matmul_precision"] == "highest"
 
@@ -69,11 +71,11 @@ def test_wrong_answer_is_never_timed():
     assert len(calls) == 1  # the first (untimed) call only
 
     records = []
-    group = bench_core._Group(records, 3, None)
-    out = group.add(records, "w", "peer", "cpu", fn, repeats=3, check=check, extra={"sizes": {}})
+    group = C.Group(records, 3, None)
+    out = group.add("w", "peer", "cpu", fn, check=check, extra={"sizes": {}})
     assert out is None
     group.time()
-    bench_core._flush()
+    C.flush()
     (rec,) = records
     assert rec["status"] == "check_failed" and rec["median_s"] is None
     assert "exceeds" in rec["reason"]
@@ -86,14 +88,12 @@ def test_timed_call_must_return_the_checked_answer():
     # The bug this guards: closures set up for one size, timed after the names they read were
     # rebound to another size's problem (workload e timed width 8192 as "width 256").
     records, state = [], {"x": np.array([1.0, 2.0])}
-    group = bench_core._Group(records, 2, None)
+    group = C.Group(records, 2, None)
     check = lambda r: C.check_close("x", [1.0, 2.0], r, rtol=1e-6)  # noqa: E731
-    group.add(records, "w", "impl", "cpu", lambda: state["x"], repeats=2, check=check, extra={})
-    group.add(
-        records, "w", "same", "cpu", lambda: np.array([1.0, 2.0]), repeats=2, check=check, extra={}
-    )
+    group.add("w", "impl", "cpu", lambda: state["x"], check=check, extra={})
+    group.add("w", "same", "cpu", lambda: np.array([1.0, 2.0]), check=check, extra={})
     state["x"] = np.array([1.0, 3.0])  # rebound after the check
-    bench_core._flush()
+    C.flush()
     bad, good = records
     assert bad["status"] == "check_failed" and bad["median_s"] is None
     assert "different answer" in bad["reason"]
@@ -102,12 +102,12 @@ def test_timed_call_must_return_the_checked_answer():
 
 def test_group_times_passing_implementations_in_interleaved_rounds():
     order, records = [], []
-    group = bench_core._Group(records, 3, None)
+    group = C.Group(records, 3, None)
     for name in ("gradflow x", "peer y"):
         fn = lambda name=name: order.append(name) or np.zeros(2)
-        group.add(records, "w", name, "cpu", fn, repeats=3, check=None, extra={}, flops=1e6)
+        group.add("w", name, "cpu", fn, check=None, extra={}, flops=1e6)
     assert order == ["gradflow x", "peer y"] and all(r["median_s"] is None for r in records)
-    bench_core._flush()
+    C.flush()
     assert order[2:] == ["gradflow x", "peer y"] * 3  # round robin, not one after the other
     for r in records:
         assert r["repeats"] == 3 and r["median_s"] >= r["min_s"] >= 0 and r["gflops"] > 0
@@ -172,7 +172,7 @@ def test_unavailable_neural_tangents_is_recorded_as_skipped(monkeypatch):
     monkeypatch.setattr(peers_nt, "ensure_venv", unavailable)
     monkeypatch.delenv("GRADFLOW_BENCH_SKIP_NT", raising=False)
     records = bench_core.workload_d({"grid": 2, "depth": 2}, 1)
-    bench_core._flush()
+    C.flush()
     gf_rec, nt_rec = records
     assert gf_rec["status"] == "ok" and gf_rec["median_s"] > 0
     assert nt_rec["status"] == "skipped" and nt_rec["median_s"] is None
@@ -195,7 +195,7 @@ def test_neural_tangents_peer_matches_gradflow_meanfield():
 
     sw2, sb2 = np.array([0.5, 1.0, 3.0]), np.array([0.05, 0.3])
     try:
-        out = peers_nt.meanfield_grid("erf", sw2, sb2, depth=10, q0=1.0, repeats=1)
+        out = peers_nt.meanfield_grid("erf", sw2, sb2, depth=10, q0=1.0)
     except peers_nt.PeerUnavailable as exc:  # e.g. no package index reachable
         pytest.skip(str(exc))
     s, b = np.meshgrid(sw2, sb2, indexing="ij")
@@ -213,3 +213,101 @@ def _env():
         "versions": {},
         "wall_s": 0.0,
     }
+
+
+def _rec(workload, impl, median, load=None):
+    return {
+        "workload": workload,
+        "implementation": impl,
+        "median_s": median,
+        "device": "cpu",
+        "status": "ok",
+        "load_during": load,
+    }
+
+
+def test_summary_gives_every_peer_ratio_and_the_best():
+    records = [
+        _rec("w", "gradflow x", 1.0),
+        _rec("w", "gradflow x, other threads", 3.0),  # a gradflow variant is not a peer
+        _rec("w", "torch y [torch threads 2]", 2.0),
+        _rec("w", "torch y [torch threads 1]", 1.5),
+        _rec("w", "floor: the minimum", 0.5),
+    ]
+    (row,) = [line for line in entry.summary(records) if line.startswith("| w |")]
+    assert "torch y [torch threads 1]" in row and "**1.5×**" in row and "2×, 1.5×" in row
+    assert "floor 2.00× below gradflow" in row
+
+
+def test_busy_machine_is_marked_and_can_be_refused(tmp_path, monkeypatch):
+    cores = os.cpu_count() or 1
+    records = [_rec("w", "gradflow x", 1.0, [0.1, 3.0 * cores]), _rec("w", "peer", 2.0)]
+    env = {**_env(), "loadavg_before": [0.1], "loadavg_after": [0.2], "cpu_count": cores}
+    env["max_load"] = entry.max_load(records, env)
+    assert env["max_load"] == 3.0 * cores
+    assert "Taken on a busy machine" in entry.markdown(records, env)
+    quiet = [_rec("w", "gradflow x", 1.0, [0.1, 0.2]), _rec("w", "peer", 2.0)]
+    env["max_load"] = entry.max_load(quiet, env)
+    assert "busy machine" not in entry.markdown(quiet, env)
+    # --require-quiet: no results.md from a loaded run, exit status 3.
+    monkeypatch.setattr(entry, "run_modules", lambda *a, **k: records)
+    monkeypatch.setattr(C, "configure_precision", lambda: {})
+    out = tmp_path / "o"
+    assert entry.main(["--out", str(out), "--require-quiet", "--skip-nt"]) == 3
+    assert (out / "results.json").exists() and not (out / "results.md").exists()
+
+
+def test_thread_variants_restore_the_settings():
+    from gradflow import threads
+
+    before = threads.lapack_info().num_threads
+    seen = C.with_lapack_threads(lambda: threads.lapack_info().num_threads, 2)()
+    if before is not None:
+        assert seen == 2
+    assert threads.lapack_info().num_threads == before
+    torch = C.torch_or_none()
+    if torch is not None:
+        n = torch.get_num_threads()
+        assert C.with_torch_threads(torch.get_num_threads, 1)() == 1
+        assert torch.get_num_threads() == n
+
+
+@pytest.mark.slow
+def test_load_test_tiny():
+    from benchmarks import load_test
+
+    records = load_test.run(load_test.TINY, busy=1, warmup_s=0.0, repeats=1)
+    assert len(records) == 4
+    for r in records:
+        assert r["quiet_s"] > 0 and r["loaded_s"] > 0
+        assert r["degradation"] == pytest.approx(r["loaded_s"] / r["quiet_s"])
+    assert "degradation" in load_test.markdown(records)
+
+
+@pytest.mark.slow
+def test_accelerator_script_on_cpu(tmp_path):
+    script = ROOT / "benchmarks" / "accelerator.sh"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": path}  # the script calls `python`
+    env.pop("GRADFLOW_BENCH_ALLOW_CPU", None)
+    refused = subprocess.run(
+        ["bash", str(script), str(tmp_path / "x")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "no GPU/TPU" in refused.stderr
+    env.update(GRADFLOW_BENCH_ALLOW_CPU="1", GRADFLOW_BENCH_ONLY="scaling")
+    out = tmp_path / "acc"
+    proc = subprocess.run(
+        ["bash", str(script), str(out), "--tiny"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "cpu" in (out / "device.txt").read_text().lower()
+    records = json.loads((out / "results.json").read_text())
+    assert records and all(r["device"] for r in records)
