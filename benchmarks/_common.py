@@ -282,12 +282,21 @@ class Group:
         self.records, self.repeats, self.peak, self.entries = records, repeats, peak, []
         _PENDING.append(self)
 
-    def add(self, workload, impl, device, fn, *, check=None, extra=None, flops=None):
-        """First call + check of one implementation; returns its result, or None if it failed."""
+    def add(
+        self, workload, impl, device, fn, *, check=None, extra=None, flops=None, self_timed=False
+    ):
+        """First call + check of one implementation; returns its result, or None if it failed.
+
+        With ``self_timed``, ``fn()`` returns ``(result, seconds)``: an implementation running in
+        another process (neural-tangents' worker) measures its own call, without the
+        inter-process round trip.
+        """
         extra = extra or {}
         try:
             t0 = time.perf_counter()
             result = fn()
+            if self_timed:
+                result, _ = result
             block(result)
             first = time.perf_counter() - t0
             info = check(result) if check is not None else {}
@@ -305,7 +314,7 @@ class Group:
             check={"passed": True, **info},
         )
         self.records.append(rec)
-        self.entries.append((rec, fn, flops, host(result)))
+        self.entries.append((rec, fn, flops, host(result), self_timed))
         return result
 
     def time(self) -> None:
@@ -313,18 +322,20 @@ class Group:
         times = [[] for _ in self.entries]
         start, load0 = time.perf_counter(), loadavg()
         for r in range(self.repeats):
-            for ts, (rec, fn, _, checked) in zip(times, self.entries):
+            for ts, (rec, fn, _, checked, self_timed) in zip(times, self.entries):
                 t0 = time.perf_counter()
                 out = fn()
                 block(out)
                 ts.append(time.perf_counter() - t0)
+                if self_timed:
+                    out, ts[-1] = out
                 if r == 0 and not same_answer(checked, host(out)):  # outside the timer
                     rec["wrong_timed_answer"] = True
             spent = time.perf_counter() - start
             if _BUDGET["s"] is not None and spent * (1 + 1 / len(times[0])) > _BUDGET["s"]:
                 break
         load = [load0, loadavg()]
-        for ts, (rec, _, flops, _) in zip(times, self.entries):
+        for ts, (rec, _, flops, _, _) in zip(times, self.entries):
             rec["load_during"] = load
             if rec.pop("wrong_timed_answer", False):
                 # A fast wrong answer is not a result: the record keeps no time.
