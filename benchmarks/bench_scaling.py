@@ -20,7 +20,6 @@ Every peer's result is checked against gradflow's before it is timed (``benchmar
 
 from __future__ import annotations
 
-import inspect
 import time
 
 import jax
@@ -109,7 +108,7 @@ def _check_spectra(ref, got, *, top: int | None = None) -> dict:
 
 def _top_k(products, k: int):
     """gradflow's opt-in top-k route on formed products (values, residual bound)."""
-    return products.log_singular_values(k=k)
+    return jacobians.top_log_singular_values(products, k)
 
 
 def scaling(depth: int, width: int, k: int, repeats: int) -> list[dict]:
@@ -159,17 +158,23 @@ def scaling(depth: int, width: int, k: int, repeats: int) -> list[dict]:
     if ref is None:
         return records
     top = jax.jit(lambda p: _top_k(jacobians.backward_products(model.chain(p, x)), k))
-    if "k" not in inspect.signature(jacobians.JacobianProducts.log_singular_values).parameters:
-        records.append(C.skipped_record(wl, "gradflow top-k mode", dev, "not available", **extra))
-    else:
-        g.add(
-            wl,
-            f"gradflow top-k mode (backward_products + log_singular_values(k={k}))",
-            dev,
-            lambda: top(params),
-            check=lambda got: _check_spectra(ref, got.log_values, top=k),
-            extra=dict(extra, k=k),
-        )
+
+    def check_top(got):
+        info = _check_spectra(ref, got.log_values, top=k)
+        if not bool(np.all(got.converged)):
+            raise C.CheckFailed(f"top-k: {int((~np.asarray(got.converged)).sum())} not converged")
+        # The certificate: every value within −log(1 − r) of a true singular value.
+        info["max_residual"] = float(np.max(got.residuals))
+        return info
+
+    g.add(
+        wl,
+        f"gradflow top-k mode (backward_products + top_log_singular_values, k={k})",
+        dev,
+        lambda: top(params),
+        check=check_top,
+        extra=dict(extra, k=k),
+    )
     svd = jax.jit(lambda j: jnp.log(jnp.linalg.svd(j, compute_uv=False)))
     g.add(
         wl,
