@@ -8,8 +8,8 @@
 * ``a_scaling_spectra_depth{K}_w128`` — the same plus singular values: gradflow with the full
   SVD of every product, gradflow's opt-in top-k mode (the ``k = 1`` and ``8`` largest by
   matmul-only iteration, accuracy in the record), against the per-depth loop + full SVD.
-  Where the SVDs dominate (depth 100: 99 LAPACK SVDs of 128 × 128 cost more than all the products), only the top-k
-  mode can show the algorithm's advantage.
+  Where the SVDs dominate (depth 100: 99 LAPACK SVDs of 128 × 128 cost more than all the
+  products), only the top-k mode can show the algorithm's advantage.
 * ``f_single_jacobian_mlp_depth50_w256`` — ONE input–output Jacobian ∂h_L/∂x of a depth-50
   width-256 MLP: ``gradflow.jacobians.input_output_jacobian`` vs ``jax.jacrev`` and
   ``torch.func.jacrev`` (at torch's default thread count and at one thread). Nothing to gain
