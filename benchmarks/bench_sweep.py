@@ -6,18 +6,22 @@ float32 at depth 100), and take the singular values of the Jacobian ∂h_depth/�
 hidden layers. Implementations:
 
 - ``gradflow.sweep, jacrev measurement``: the per-configuration function below (``jax.jacrev`` of
-  the hidden chain, then an SVD) as a :mod:`gradflow.sweep` over the seed axis — vmapped inside
-  one ``jit``, sharded over every device, chunked to the default memory budget;
+  the hidden chain, then an SVD) as a :mod:`gradflow.sweep` over the seed axis — one ``jit``,
+  sharded over every device, chunked to the default memory budget, with the default
+  ``vmap_size="auto"`` (on a CPU, groups whose working set fits in the L2 cache; the record's
+  ``vmap_size`` is the size chosen);
 - ``python loop, jax.jit(jacrev) per config``: the *same* function, jitted once, called once per
   seed in a Python loop (what a careful researcher writes by hand);
 - ``python loop, eager jax.jacrev``: the same without ``jit`` (what one writes first), timed on
   the first ``eager_inits`` seeds only, its throughput in configurations/s;
+- ``gradflow.sweep, jacrev measurement, full vmap``: the same sweep with ``vmap_size=None``,
+  vmapping each device's whole batch at once (the default before ``"auto"``);
 - ``gradflow.sweep, jacrev measurement, vmap_size=1``: the same sweep mapping over each
   device's configurations one at a time inside the program (``lax.map``) instead of vmapping
-  them all: on a CPU, large per-configuration work runs faster unbatched;
-- ``gradflow.sweep, built-in jacobian_spectrum``: the library measurement, which computes every
-  backward product ∂h_depth/∂h_k (log-scale form) on top of the end-to-end spectrum — about twice
-  the flops, and the per-layer profile for free;
+  them: on a CPU, large per-configuration work runs faster unbatched;
+- ``gradflow.sweep, built-in jacobian_spectrum``: the library measurement (default
+  ``vmap_size``), which computes every backward product ∂h_depth/∂h_k (log-scale form) on top
+  of the end-to-end spectrum — about twice the flops, and the per-layer profile for free;
 - ``gradflow.sweep, jacrev measurement, with store``: as the first, writing the chunked store
   (fresh directory per call) — the cost of resumability.
 
@@ -212,6 +216,13 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
             inits,
             flops_jacrev,
         ),
+        "gradflow.sweep, jacrev measurement, full vmap": (
+            lambda: sw.run(sweep_jacrev, vmap_size=None, quiet=True)["value"].values.reshape(
+                inits, width
+            ),
+            inits,
+            flops_jacrev,
+        ),
         "gradflow.sweep, jacrev measurement, vmap_size=1": (
             lambda: sw.run(sweep_jacrev, vmap_size=1, quiet=True)["value"].values.reshape(
                 inits, width
@@ -283,6 +294,14 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
             fields["chunk_layout"] = {
                 k: layout[k] for k in ("batch_size", "chunk_size", "n_chunks")
             }
+        # configurations vmapped together per device: asked for, or chosen by "auto" (the stored
+        # run's choice; the built-in measurement's own program is not recorded here)
+        if name.endswith("full vmap"):
+            fields["vmap_size"] = layout["batch_size"]
+        elif name.endswith("vmap_size=1"):
+            fields["vmap_size"] = 1
+        elif name.startswith("gradflow.sweep, jacrev"):
+            fields["vmap_size"] = layout.get("vmap_size")
         if name.endswith("with store"):
             fields["store_bytes"] = store_bytes
         records.append(C.record(wl, name, dev, **extra, **fields))
@@ -296,9 +315,12 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
                 med, best, n = stats[ref_name]
                 r[f"speedup_vs_{key}"] = r["configs_per_s"] / (n / med)
                 r[f"speedup_vs_{key}_best"] = r["configs_per_s_best"] / (n / best)
+        shown = "vmap_size" in r and "vmap_size" not in r["implementation"]
+        vmap = f", vmap_size {r['vmap_size']}" if shown else ""
+        vs_jit = f", {r['speedup_vs_jit_loop']:.2f}× jit loop" if "speedup_vs_jit_loop" in r else ""
         _log(
-            f"{r['implementation']}: {r['configs_per_s']:.2f} configs/s (best "
-            f"{r['configs_per_s_best']:.2f}), {r['gflops']:.1f} GFLOP/s = "
+            f"{r['implementation']}{vmap}: {r['configs_per_s']:.2f} configs/s (best "
+            f"{r['configs_per_s_best']:.2f}){vs_jit}, {r['gflops']:.1f} GFLOP/s = "
             f"{r['pct_of_matmul_rate']:.1f}% of matmul"
         )
     return records

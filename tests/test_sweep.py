@@ -541,7 +541,7 @@ def test_bench_sweep_smoke():
     for r in records:
         assert r["status"] == "ok" and r["median_s"] > 0, r
         assert {"workload", "implementation", "median_s", "device"} <= set(r)
-    assert len(records) == 7
+    assert len(records) == 8
 
 
 def test_on_mismatch_replace(tmp_path):

@@ -26,12 +26,15 @@ Results are :class:`LabelledArray` s (values + dimension names + coordinates), o
 measurement's output; :func:`load` reads a finished (or partial) directory back.
 
 Reproducibility: a configuration's numbers depend only on the configuration and on how many
-configurations are vmapped together on one device (``batch_size``, or ``vmap_size`` when set; XLA
-may pick different kernels for different batch sizes). With the same ``batch_size``, 1 and 8
-devices give bitwise-identical results (tested in float64). ``memory_budget`` picks
-``batch_size`` from a compiled memory estimate and caps it at what the grid needs on the
-available devices, so pass ``batch_size`` explicitly when bitwise equality across machines with
-different device counts matters.
+configurations are vmapped together on one device (``batch_size``, or ``vmap_size``; XLA may pick
+different kernels for different batch sizes). By default ``vmap_size`` is chosen per program so
+that the vmapped group's working set fits the CPU's L2 cache (a power of two; the whole batch on
+GPU/TPU: :func:`~gradflow.sweep.runner.choose_vmap_size`), so it can differ between hosts; the size
+used is recorded in the store's manifest and reused on resume; pass an integer to fix it. With the
+same ``batch_size``, 1 and 8 devices give bitwise-identical results (tested in float64).
+``memory_budget`` picks ``batch_size`` from a compiled memory estimate and caps it at what the grid
+needs on the available devices, so pass ``batch_size`` explicitly when bitwise equality across
+machines with different device counts matters.
 
 Testing sharding on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` gives 8 CPU
 devices, which is how the tests check that 1 and 8 devices agree. It is for testing only: on a

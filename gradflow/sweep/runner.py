@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import math
 import os
 import platform
+import re
 import sys
 import threading
 import time
@@ -31,10 +33,106 @@ from gradflow.sweep import lock, store
 from gradflow.sweep.grid import Sweep, parse_bytes
 from gradflow.sweep.results import SweepResult
 
-__all__ = ["run", "clear_cache"]
+__all__ = ["run", "clear_cache", "choose_vmap_size", "cpu_cache_bytes"]
 
 MESH_AXIS = "configs"
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes per device for one chunk's working set
+AUTO = "auto"  # run(vmap_size=AUTO), the default: choose_vmap_size per static combination
+# The cache the automatic vmap_size targets when the host does not say (not Linux): 1 MiB, the
+# middle of current per-core L2 sizes (512 KiB to 2 MiB on x86 and ARM server cores).
+DEFAULT_CACHE_BYTES = 1 << 20
+SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"
+
+
+def choose_vmap_size(
+    per_config_bytes: int | None, n_per_device: int, cache_bytes: int, platform: str
+) -> int:
+    """How many configurations a device vmaps together, when ``run`` is not told (pure).
+
+    On a CPU the group is the largest power of two whose working set, ``vmap_size ×
+    per_config_bytes``, fits in ``cache_bytes`` (at least 1): vmapping more only makes every
+    batched operation stream its operands through memory. A power of two, because XLA's
+    estimate of one configuration moves with settings such as the matmul precision (42 or 49 kB
+    below), which should rarely change the grouping (and so the bits) of runs on one machine,
+    and because it divides the usual batch sizes (no remainder program). Measured with
+    ``benchmarks/bench_sweep.py --quick`` on a 2-core Xeon (2 MiB L2): 16 Jacobian spectra of
+    width 128, depth 40 (~10–13 MB each by XLA's memory analysis) ran ~2–3× faster one at a
+    time than all vmapped (and at 4 or more per group no faster than a Python loop), while 512 of
+    width 16, depth 10 (42–49 kB each) ran as fast or up to ~30 % faster in groups of 16–64
+    (0.7–3 MB) than all 512 vmapped, and ~2× faster than one at a time. A batch that fits as a
+    whole is vmapped whole. Accelerators (``platform`` other than ``"cpu"``) always vmap the
+    whole batch: wide batches are what they are built for. So does an unknown
+    ``per_config_bytes`` (a backend without memory analysis): the behaviour before this choice.
+
+    Args:
+      per_config_bytes: bytes of one configuration's working set (XLA's memory analysis:
+        arguments + outputs + temporaries), or ``None`` if unknown.
+      n_per_device: configurations per device per chunk (the per-device batch).
+      cache_bytes: the cache to fit in, e.g. :func:`cpu_cache_bytes`.
+      platform: the devices' platform, ``jax.Device.platform`` (``"cpu"``, ``"gpu"``, ``"tpu"``).
+
+    Returns:
+      ``vmap_size`` in ``[1, n_per_device]``; ``n_per_device`` means the whole batch at once.
+
+    Raises:
+      TypeError, ValueError: an argument of the wrong kind or out of range (named).
+    """
+    n = _checks.positive_int("n_per_device", n_per_device)
+    cache = _checks.positive_int("cache_bytes", cache_bytes)
+    if not isinstance(platform, str):
+        raise TypeError(f"platform must be a string like 'cpu', got {platform!r}")
+    if per_config_bytes is not None:
+        per = _checks.integer("per_config_bytes", per_config_bytes)
+        if per < 0:
+            raise ValueError(f"per_config_bytes must be >= 0 or None, got {per}")
+    if platform.lower() != "cpu" or per_config_bytes is None or per * n <= cache:
+        return n
+    fits = cache // per  # >= 1 configurations fit, or 0 (then one at a time all the same)
+    return min(n, 1 << (fits.bit_length() - 1)) if fits else 1
+
+
+def _size_bytes(text: str) -> int | None:
+    """sysfs cache size ``"2048K"`` / ``"32M"`` / ``"512"`` -> bytes (None if unreadable)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
+    if not m:
+        return None
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+
+
+@functools.lru_cache(maxsize=8)  # ~1 ms of file reads, next to a small sweep's ~20 ms
+def cpu_cache_bytes(root=SYSFS_CACHE) -> int:
+    """The cache :func:`choose_vmap_size` fits a vmapped group in: the host's per-core L2.
+
+    Read from Linux's sysfs (``root/index*/{level,type,size}``, data or unified caches only).
+    L2 is the largest cache private to a core; L3 is shared by many cores, and in virtual
+    machines is often reported as the whole host's (480 MiB on the 2-core VM the thresholds were
+    measured on), so it is used only when no L2 is listed. Elsewhere (no sysfs, unreadable
+    files): :data:`DEFAULT_CACHE_BYTES`.
+
+    Args:
+      root: the sysfs directory of one CPU's caches.
+
+    Returns:
+      Bytes (read once per ``root`` in a process).
+    """
+    found: dict[int, int] = {}
+    try:
+        entries = sorted(Path(root).glob("index*"))
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            level = int((entry / "level").read_text().strip())
+            kind = (entry / "type").read_text().strip().lower()
+            size = _size_bytes((entry / "size").read_text())
+        except (OSError, ValueError):
+            continue  # a missing or malformed file: skip that cache, not the whole answer
+        if kind in ("data", "unified") and size:
+            found[level] = max(found.get(level, 0), size)
+    for level in (2, 3):
+        if level in found:
+            return found[level]
+    return DEFAULT_CACHE_BYTES
 
 
 class _Progress:
@@ -144,10 +242,14 @@ def clear_cache() -> None:
 
 
 class _Exec(NamedTuple):
-    """How to compile: XLA options and the vectorisation width (see :func:`run`)."""
+    """How to compile: XLA options and the vectorisation width (see :func:`run`).
+
+    ``vmap_size``: an int, ``None`` (the whole batch) or :data:`AUTO`, which ``_resolve_vmap``
+    turns into one of the others per static combination before anything compiles with it.
+    """
 
     compiler_options: Mapping[str, Any] | None = None
-    vmap_size: int | None = None
+    vmap_size: int | str | None = None
 
 
 def _cached_compile(kind: str, sweep: Sweep, static: dict, n: int, mesh, sharding, ex: _Exec):
@@ -192,6 +294,11 @@ def _per_config_bytes(sweep: Sweep, static: dict, ex: _Exec) -> int | None:
     compiled, memo = _cached_compile(
         "estimate", sweep, static, 1, None, None, ex._replace(vmap_size=None)
     )
+    return _program_bytes(compiled, memo)
+
+
+def _program_bytes(compiled, memo: dict) -> int | None:
+    """Peak bytes of a compiled program (per device): arguments + outputs + temporaries."""
     if "bytes" not in memo:  # memory_analysis() itself takes tens of ms: ask once
         stats = compiled.memory_analysis()
         memo["bytes"] = (
@@ -201,6 +308,37 @@ def _per_config_bytes(sweep: Sweep, static: dict, ex: _Exec) -> int | None:
             + int(stats.output_size_in_bytes)
         )
     return memo["bytes"]
+
+
+def _resolve_vmap(sweep, static, mesh, sharding, layout, n_dev, ex: _Exec, per_config, platform):
+    """``(ex with an int or None vmap_size, the effective vmap_size)`` for one combination.
+
+    ``AUTO``: the layout's recorded ``vmap_size`` when resuming (the chunks on disk used it);
+    else :func:`choose_vmap_size`, from ``per_config`` (the single-configuration estimate, when
+    ``batch_size`` was chosen from the memory budget) or else from the whole-batch chunk program
+    (its bytes / configurations), which is the program to run anyway when the whole batch stays
+    vmapped, so that choice costs no extra compile.
+    """
+    n_per = -(-layout["chunk_size"] // n_dev)  # per-device rows of a chunk (see _compile)
+    size = ex.vmap_size
+    if size == AUTO:
+        if isinstance(layout.get("vmap_size"), int):
+            size = layout["vmap_size"]
+        elif platform != "cpu" or n_per == 1:
+            size = n_per  # no estimate needed
+        else:
+            if per_config is None:
+                padded = n_per * n_dev
+                whole = ex._replace(vmap_size=None)
+                compiled, memo = _cached_compile(
+                    "chunk", sweep, static, padded, mesh, sharding, whole
+                )
+                total = _program_bytes(compiled, memo)
+                per_config = None if total is None else -(-total // n_per)
+            size = choose_vmap_size(per_config, n_per, cpu_cache_bytes(), platform)
+    effective = n_per if size is None else min(size, n_per)
+    # The whole batch as None, so that it shares the compiled program (and cache entry) of vmap.
+    return ex._replace(vmap_size=None if effective >= n_per else effective), effective
 
 
 def _flatten(tree) -> dict[str, Any]:
@@ -246,7 +384,7 @@ def run(
     devices: Sequence | None = None,
     compiler_options: Mapping[str, Any] | None = None,
     compile_workers: int | None = None,
-    vmap_size: int | None = None,
+    vmap_size: int | str | None = AUTO,
     on_mismatch: str = "error",
     quiet: bool = False,
     stream=None,
@@ -275,13 +413,20 @@ def run(
       compile_workers: threads that trace and compile the next static combinations while the
         current one runs (XLA compiles outside the GIL, so with several cores several compile
         at once). Default: the number of CPU cores, at most 4; 1 compiles in the main thread.
-      vmap_size: how many configurations each device vmaps together; ``None`` (default): its
-        whole batch. Smaller values map over the batch ``vmap_size`` at a time inside the
-        program (``lax.map``). On a CPU, vmapping large per-configuration work can be slower
-        than doing it one at a time (measured in ``benchmarks/bench_sweep.py``: 16 width-128,
-        depth-40 Jacobians ran about 2× faster with ``vmap_size=1``), while tiny
-        configurations gain from full vmapping; on accelerators the default is the right one.
-        Results are bitwise reproducible for a given (``batch_size``, ``vmap_size``).
+      vmap_size: how many configurations each device vmaps together. ``"auto"`` (default):
+        chosen per static combination by :func:`choose_vmap_size` — on a CPU the largest group
+        (a power of two) whose working set (XLA's memory estimate of one configuration ×
+        group) fits in the per-core L2 cache (:func:`cpu_cache_bytes`), the whole batch if it
+        fits; on GPU/TPU the whole batch. An int: that many (capped at the batch). ``None``:
+        the whole batch. Below the batch, the program maps over it ``vmap_size`` at a time
+        (``lax.map``). On a CPU, vmapping large per-configuration work is slower than doing it
+        one at a time (measured in ``benchmarks/bench_sweep.py``: 16 width-128, depth-40
+        Jacobians ran 2–3× faster with ``vmap_size=1`` than all vmapped), while tiny
+        configurations gain from vmapping. The size used is recorded in the manifest:
+        ``shapes[s]["vmap_size"]`` (when the layout was made; an ``"auto"`` resume reuses it)
+        and ``sessions[-1]["vmap_sizes"][s]`` (this session). Results are bitwise reproducible
+        for a given (``batch_size``, ``vmap_size``); as ``"auto"`` depends on the host's
+        cache, pass the recorded int to reproduce a run bitwise on another machine.
       on_mismatch: what to do when ``out_dir`` holds a *different* sweep (or was written by
         another gradflow version): ``"error"`` (ValueError, the default) or ``"replace"``
         (delete its manifest, chunks and results, and start over; for caches such as
@@ -293,7 +438,8 @@ def run(
       :class:`SweepResult`.
 
     Raises:
-      ValueError: ``out_dir`` holds a different sweep, or bad ``batch_size``/``memory_budget``.
+      ValueError: ``out_dir`` holds a different sweep, or bad ``batch_size``/``memory_budget``/
+        ``vmap_size``.
     """
     if not isinstance(sweep, Sweep):
         raise TypeError(f"sweep must be a gradflow.sweep.Sweep, got {type(sweep).__name__}")
@@ -311,7 +457,12 @@ def run(
         workers = max(1, min(4, os.cpu_count() or 1))
     else:
         workers = _checks.positive_int("compile_workers", compile_workers)
-    if vmap_size is not None:
+    if isinstance(vmap_size, str):
+        if vmap_size != AUTO:
+            raise ValueError(
+                f"vmap_size must be a positive integer, None or {AUTO!r}, got {vmap_size!r}"
+            )
+    elif vmap_size is not None:
         vmap_size = _checks.positive_int("vmap_size", vmap_size)
     ex = _Exec(None if compiler_options is None else dict(compiler_options), vmap_size)
     with contextlib.ExitStack() as held, jax.enable_x64(sweep.dtype == "float64"):
@@ -346,7 +497,8 @@ def _run(
         "host": platform.node(),
         "devices": store.device_info(devices),
         "compiler_options": dict(ex.compiler_options or {}),
-        "vmap_size": ex.vmap_size,
+        "vmap_size": ex.vmap_size,  # as asked ("auto", None or an int) ...
+        "vmap_sizes": {},  # ... and as used, per static combination computed in this session
         "chunks_computed": 0,
         "chunks_skipped": 0,
         "chunks_repaired": {},
@@ -364,6 +516,7 @@ def _run(
         _sync("gradflow.sweep.open")
 
     n_dev = len(devices)
+    device_platform = devices[0].platform
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
     sharding = NamedSharding(mesh, P(MESH_AXIS))
     n_batched = math.prod(sweep.batched_shape)
@@ -386,14 +539,22 @@ def _run(
                 "use a new directory"
             )
 
+    def resolve(s, layout, per_config=None):
+        """(compile options, effective vmap_size) of shape s; may compile (see _resolve_vmap)."""
+        with jax.enable_x64(sweep.dtype == "float64"):
+            return _resolve_vmap(
+                sweep, shapes[s], mesh, sharding, layout, n_dev, ex, per_config, device_platform
+            )
+
     def prepare(s):
-        """Layout and compiled function of shape s (None if every chunk is on disk already).
+        """Layout, compiled function of shape s (None if every chunk is on disk already) and the
+        effective vmap_size (None if nothing was compiled).
 
         Runs in a worker thread, so that the next shapes compile while this one computes (and,
         with several cores, several shapes compile at once); JAX's x64 flag is thread-local.
         """
         with jax.enable_x64(sweep.dtype == "float64"):
-            layout = stored[s]
+            layout, per = stored[s], None
             if layout is None:
                 b = batch_size
                 if b is None:
@@ -407,12 +568,15 @@ def _run(
                     "n_chunks": -(-n_batched // (b * n_dev)),
                     "n_configs": n_batched,
                 }
-            if out is not None and all(
+            elif out is not None and all(
                 store.chunk_status(out, manifest, s, j).state == "ok"
                 for j in range(layout["n_chunks"])
             ):
-                return layout, None
-            return layout, _compile(sweep, shapes[s], mesh, sharding, layout, n_dev, ex)
+                return layout, None, None
+            ex_s, size = resolve(s, layout, per)
+            if stored[s] is None:
+                layout["vmap_size"] = size  # recorded with the layout, reused by "auto" resumes
+            return layout, _compile(sweep, shapes[s], mesh, sharding, layout, n_dev, ex_s), size
 
     workers = max(1, min(compile_workers, len(shapes)))
     pool = (
@@ -425,14 +589,23 @@ def _run(
             for t in range(s, min(s + workers, len(shapes))):  # keep the pool busy ahead
                 if pool is not None and t not in futures:
                     futures[t] = pool.submit(prepare, t)
-            layout, fn = futures.pop(s).result() if pool is not None else prepare(s)
+            layout, fn, size = futures.pop(s).result() if pool is not None else prepare(s)
+            if size is not None:
+                session["vmap_sizes"][str(s)] = size
             if stored[s] is None:
                 manifest["shapes"][str(s)] = layout
                 if writer:
                     store.write_manifest(out, manifest)
+
+            def compile_late(s=s, layout=layout):
+                """Only when another host found a chunk missing that this one had on disk."""
+                ex_s, size = resolve(s, layout)
+                session["vmap_sizes"][str(s)] = size
+                return _compile(sweep, shapes[s], mesh, sharding, layout, n_dev, ex_s)
+
             results = _run_shape(
                 sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev,
-                ex, progress, f"shape {s + 1}/{len(shapes)} [{labels[s]}]", t_start,
+                compile_late, progress, f"shape {s + 1}/{len(shapes)} [{labels[s]}]", t_start,
             )  # fmt: skip
             blocks.append(
                 _assemble(out, manifest, s, layout["n_chunks"], results, sweep.batched_shape)
@@ -463,7 +636,7 @@ def _compile(sweep, static, mesh, sharding, layout, n_dev, ex: _Exec):
 
 
 def _run_shape(
-    sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev, ex,
+    sweep, s, static, layout, fn, out, manifest, writer, mesh, sharding, n_dev, compile_late,
     progress, text, t_start,
 ) -> dict[int, dict[str, np.ndarray]]:  # fmt: skip
     """Computes (and stores) the missing chunks of one static combination."""
@@ -487,7 +660,7 @@ def _run_shape(
             progress.update(hi - lo, False, label)
             continue
         if fn is None:  # compiled once per static combination, only if a chunk is left
-            fn = _compile(sweep, static, mesh, sharding, layout, n_dev, ex)
+            fn = compile_late()
         t0 = time.perf_counter()
         index = np.minimum(np.arange(lo, lo + padded), hi - 1)  # pad with the last config
         host = [index.astype(np.int32), *sweep.batched_values(index)]
