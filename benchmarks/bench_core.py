@@ -414,6 +414,7 @@ def workload_b(sz: dict, repeats: int, peak: float | None) -> list[dict]:
     if ref is None:
         return records
     ref = np.asarray(ref)
+    _matmul_floors(g, wl, width, depth, batch, extra, flops)
 
     torch = C.torch_or_none()
     name = "torch autograd (per-layer parameters, loss.backward equivalent)"
@@ -447,6 +448,52 @@ def workload_b(sz: dict, repeats: int, peak: float | None) -> list[dict]:
     )
     _torch_variants(g, wl, name, tdesc, torch_norms, check, extra, flops)
     return records
+
+
+def _matmul_floors(g, wl, width, depth, batch, extra, flops) -> None:
+    """(b)'s floor: its 3·(depth + 1) B × n × n matmuls (forward, input and weight gradients),
+    chained with a tanh, unrolled — in XLA (what any JAX program of (b) can reach) and in torch
+    (MKL): the difference between the two is the matmul kernels', not the algorithm's.
+    """
+    count = 3 * (depth + 1)
+    ws = jax.random.normal(jax.random.key(7), (count, width, width), jnp.float32) / width**0.5
+    h0 = jax.random.normal(jax.random.key(8), (batch, width), jnp.float32)
+
+    @jax.jit
+    def xla_floor(h, w):
+        for i in range(count):  # unrolled: no loop overhead in the floor
+            h = jnp.tanh(h @ w[i])
+        return h
+
+    g.add(
+        wl,
+        f"floor: {count} chained B×n×n matmuls + tanh in XLA, unrolled (not a peer)",
+        C.jax_device(),
+        lambda: xla_floor(h0, ws),
+        extra=extra,
+        flops=flops,
+    )
+    torch = C.torch_or_none()
+    if torch is None:
+        return
+    tdev, tdesc = C.torch_device()
+    tw, th = (torch.from_numpy(np.array(a)).to(tdev) for a in (ws, h0))
+
+    def torch_floor():
+        h = th
+        for i in range(count):
+            h = torch.tanh(h @ tw[i])
+        return h
+
+    g.add(
+        wl,
+        f"floor: the same {count} matmuls + tanh in torch (MKL), torch threads "
+        f"{torch.get_num_threads()} (not a peer)",
+        tdesc,
+        torch_floor,
+        extra=extra,
+        flops=flops,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
