@@ -41,6 +41,8 @@ AUTO = "auto"  # run(vmap_size=AUTO), the default: choose_vmap_size per static c
 # The cache the automatic vmap_size targets when the host does not say (not Linux): 1 MiB, the
 # middle of current per-core L2 sizes (512 KiB to 2 MiB on x86 and ARM server cores).
 DEFAULT_CACHE_BYTES = 1 << 20
+# A configuration using at most 1/TINY_SHARE of the cache is tiny: vmapped with the whole batch.
+TINY_SHARE = 16
 SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"
 
 
@@ -49,20 +51,23 @@ def choose_vmap_size(
 ) -> int:
     """How many configurations a device vmaps together, when ``run`` is not told (pure).
 
-    On a CPU the group is the largest power of two whose working set, ``vmap_size ×
-    per_config_bytes``, fits in ``cache_bytes`` (at least 1): vmapping more only makes every
-    batched operation stream its operands through memory. A power of two, because XLA's
+    On a CPU a tiny configuration (at most 1/``TINY_SHARE`` of the cache) is vmapped with the whole
+    batch: its operations are too small for anything but per-operation overhead to matter, which a
+    wide vmap amortises. Otherwise the group is the largest power of two whose working set,
+    ``vmap_size × per_config_bytes``, fits in ``cache_bytes`` (at least 1): vmapping more only
+    makes every batched operation stream its operands through memory. A power of two, because XLA's
     estimate of one configuration moves with settings such as the matmul precision (42 or 49 kB
-    below), which should rarely change the grouping (and so the bits) of runs on one machine,
-    and because it divides the usual batch sizes (no remainder program). Measured with
-    ``benchmarks/bench_sweep.py --quick`` on a 2-core Xeon (2 MiB L2): 16 Jacobian spectra of
-    width 128, depth 40 (~10–13 MB each by XLA's memory analysis) ran ~2–3× faster one at a
-    time than all vmapped (and at 4 or more per group no faster than a Python loop), while 512 of
-    width 16, depth 10 (42–49 kB each) ran as fast or up to ~30 % faster in groups of 16–64
-    (0.7–3 MB) than all 512 vmapped, and ~2× faster than one at a time. A batch that fits as a
-    whole is vmapped whole. Accelerators (``platform`` other than ``"cpu"``) always vmap the
-    whole batch: wide batches are what they are built for. So does an unknown
-    ``per_config_bytes`` (a backend without memory analysis): the behaviour before this choice.
+    below), which should rarely change the grouping (and so the bits) of runs on one machine, and
+    because it divides the usual batch sizes (no remainder program). Measured with
+    ``benchmarks/bench_sweep.py --quick`` on a 2-core Xeon (2 MiB L2): 16 Jacobian spectra of width
+    128, depth 40 (~10–13 MB each by XLA's memory analysis) ran ~2–3× faster one at a time than all
+    vmapped (and at 4 or more per group no faster than a Python loop), while 512 of width 16, depth
+    10 (42–49 kB each, tiny) ran fastest all vmapped on a quiet machine (3.6× a loop of jitted
+    calls, against 3.0× in groups of 32; under load groups of 16–64 were up to ~30 % faster), and
+    ~2× faster than one at a time. A batch that fits as a whole is vmapped whole. Accelerators
+    (``platform`` other than ``"cpu"``) always vmap the whole batch: wide batches are what they are
+    built for. So does an unknown ``per_config_bytes`` (a backend without memory analysis): the
+    behaviour before this choice.
 
     Args:
       per_config_bytes: bytes of one configuration's working set (XLA's memory analysis:
@@ -85,7 +90,7 @@ def choose_vmap_size(
         per = _checks.integer("per_config_bytes", per_config_bytes)
         if per < 0:
             raise ValueError(f"per_config_bytes must be >= 0 or None, got {per}")
-    if platform.lower() != "cpu" or per_config_bytes is None or per * n <= cache:
+    if platform.lower() != "cpu" or per_config_bytes is None or per * min(n, TINY_SHARE) <= cache:
         return n
     fits = cache // per  # >= 1 configurations fit, or 0 (then one at a time all the same)
     return min(n, 1 << (fits.bit_length() - 1)) if fits else 1
