@@ -174,3 +174,26 @@ def test_unrolled_equals_rolled_across_a_length_threshold(x64, monkeypatch, step
 def test_unrolled_equals_rolled_at_the_real_length_threshold(x64, monkeypatch, offset, unrolled):
     steps = core.UNROLL_MAX_STEPS + offset
     _check_both_ways(monkeypatch, depth=steps + 1, batch=64, expect_unrolled=unrolled)
+
+
+def test_backward_products_unrolled_equal_rolled(monkeypatch):
+    # The reverse pass (chain.passes.pullback) follows the same rule, its state being the m × n
+    # cotangent block; a float64 width-8 chain of 5 steps, forced either way, against the
+    # products formed from jacfwd step Jacobians (an independent route).
+    model = gf.models.MLP(width=8, depth=6, activation="tanh", param_dtype=jnp.float64)
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (8,), jnp.float64)
+        params = model.init(jax.random.key(0), x)
+        chain = model.chain(params, x)
+        out = {}
+        for unrolled in (False, True):
+            with monkeypatch.context() as m:
+                _force(m, unrolled)
+                jax.clear_caches()  # the jitted pass must be traced again under the new rule
+                out[unrolled] = gf.jacobians.backward_products(chain)
+        jax.clear_caches()
+        ref = gf.jacobians.backward_products(chain, method="jacobians")
+        for p in out.values():
+            np.testing.assert_allclose(p.unit, ref.unit, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(p.log_norm, ref.log_norm, rtol=1e-12)
+        np.testing.assert_allclose(out[True].unit, out[False].unit, rtol=1e-12, atol=1e-14)

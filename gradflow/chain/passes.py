@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradflow import _numerics
-from gradflow.chain.core import Layer, as_segmented, forward
+from gradflow.chain.core import Layer, as_segmented, forward, unroll_for
 
 __all__ = [
     "FlatSegment",
@@ -145,17 +145,29 @@ def pullback(segments: list[FlatSegment], u, log_c, *, params: bool = False) -> 
             un, c = _numerics.renormalise(gh, c)
             return (un, c), (un, c, plog)
 
+        # The same unrolling rule as the forward scans (unroll_for): the m × n cotangent block is
+        # the state here.
         (u, log_c), (units, logs, plogs) = scan_or_call(
-            body, (u, log_c), (seg.inputs, seg.thetas, seg.xs), seg.length, reverse=True
+            body,
+            (u, log_c),
+            (seg.inputs, seg.thetas, seg.xs),
+            seg.length,
+            reverse=True,
+            unroll=unroll_for(seg.length, u.size),
         )
         out.append(Pulled(units, logs, plogs))
     return out[::-1]
 
 
-def scan_or_call(body, carry, xs, length: int, reverse: bool = False):
-    """``lax.scan``, or for one step a plain call (a shape-changing Layer changes the carry)."""
+def scan_or_call(body, carry, xs, length: int, reverse: bool = False, unroll: bool = False):
+    """``lax.scan``, or for one step a plain call (a shape-changing Layer changes the carry).
+
+    ``unroll``: fully unroll the scan (see :func:`gradflow.chain.core.unroll_for`).
+    """
     if length != 1:
-        return jax.lax.scan(body, carry, xs, length=length, reverse=reverse)
+        return jax.lax.scan(
+            body, carry, xs, length=length, reverse=reverse, unroll=True if unroll else 1
+        )
     carry, y = body(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
     return carry, jax.tree_util.tree_map(lambda a: a[None], y)
 
