@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ __all__ = [
     "Group",
     "flush",
     "set_budget",
+    "round_order",
     "loadavg",
     "host",
     "same_answer",
@@ -254,6 +256,14 @@ _BUDGET = {"s": None}
 _PENDING: list[Group] = []
 
 
+def round_order(items: list, r: int) -> list:
+    """``items`` in round ``r``'s order: as given in round 0, then a permutation seeded by r."""
+    items = list(items)
+    if r:
+        random.Random(r).shuffle(items)
+    return items
+
+
 def set_budget(seconds: float | None) -> None:
     """Bounds each group's timed rounds to about ``seconds`` (None: all ``repeats`` rounds)."""
     _BUDGET["s"] = seconds
@@ -321,8 +331,11 @@ class Group:
         """Runs the interleaved rounds and fills in every passing record's times."""
         times = [[] for _ in self.entries]
         start, load0 = time.perf_counter(), loadavg()
+        pairs = list(zip(times, self.entries))
         for r in range(self.repeats):
-            for ts, (rec, fn, _, checked, self_timed) in zip(times, self.entries):
+            # A fresh order every round: a call inherits its predecessor's garbage and cold
+            # caches, which a fixed (or rotated) order hands to the same implementation.
+            for ts, (rec, fn, _, checked, self_timed) in round_order(pairs, r):
                 t0 = time.perf_counter()
                 out = fn()
                 block(out)

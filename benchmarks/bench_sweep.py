@@ -255,8 +255,13 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
                 _log(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
         times = {name: [] for name in impls if name not in failed}
         cpu = {name: [] for name in times}
-        for _ in range(repeats):
-            for name in times:
+        names = list(times)
+        for r in range(repeats):
+            # A fresh order every round (seeded): the sweep timed right after the loop of 512
+            # jitted calls (or a second of eager Python) ran ~25 % slower than the same program
+            # elsewhere in the round (its predecessor's garbage and cold caches); a fixed or
+            # rotated order would always hand that to the same implementation.
+            for name in C.round_order(names, r):
                 wall, _, cpu_s = _timed(impls[name][0])
                 times[name].append(wall)
                 cpu[name].append(cpu_s)
