@@ -245,14 +245,16 @@ def test_summary_gives_every_peer_ratio_and_the_best():
 
 def test_busy_machine_is_marked_and_can_be_refused(tmp_path, monkeypatch):
     cores = os.cpu_count() or 1
-    records = [_rec("w", "gradflow x", 1.0, [0.1, 3.0 * cores]), _rec("w", "peer", 2.0)]
+    records = [_rec("w", "gradflow x", 1.0, [0.1, cores + 1.5]), _rec("w", "peer", 2.0)]
     env = {**_env(), "loadavg_before": [0.1], "loadavg_after": [0.2], "cpu_count": cores}
     env["max_load"] = entry.max_load(records, env)
-    assert env["max_load"] == 3.0 * cores
+    assert env["max_load"] == cores + 1.5 and not entry.is_quiet(env)
     assert "Taken on a busy machine" in entry.markdown(records, env)
-    quiet = [_rec("w", "gradflow x", 1.0, [0.1, 0.2]), _rec("w", "peer", 2.0)]
+    # The benchmark's own threads: up to cores + 1 during the run is still quiet.
+    quiet = [_rec("w", "gradflow x", 1.0, [0.1, cores + 0.5]), _rec("w", "peer", 2.0)]
     env["max_load"] = entry.max_load(quiet, env)
-    assert "busy machine" not in entry.markdown(quiet, env)
+    assert entry.is_quiet(env) and "busy machine" not in entry.markdown(quiet, env)
+    assert not entry.is_quiet({**env, "loadavg_before": [cores + 0.5]})  # busy before the start
     # --require-quiet: no results.md from a loaded run, exit status 3.
     monkeypatch.setattr(entry, "run_modules", lambda *a, **k: records)
     monkeypatch.setattr(C, "configure_precision", lambda: {})
