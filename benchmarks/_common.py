@@ -37,7 +37,6 @@ __all__ = [
     "flush",
     "set_budget",
     "round_order",
-    "settle",
     "loadavg",
     "host",
     "same_answer",
@@ -257,19 +256,6 @@ _BUDGET = {"s": None}
 _PENDING: list[Group] = []
 
 
-SETTLE_S = 0.05
-
-
-def settle() -> None:
-    """A pause before a timed call, outside the timer, for the previous call's thread pools.
-
-    XLA's and torch's (OpenMP) worker threads spin for a while after their work before they
-    sleep; a call started at once shares the cores with them (measured: timings 10–25 % apart
-    depending on which implementation ran just before, gone with a 50 ms pause).
-    """
-    time.sleep(SETTLE_S)
-
-
 def round_order(items: list, r: int) -> list:
     """``items`` in round ``r``'s order: as given in round 0, then a permutation seeded by r."""
     items = list(items)
@@ -350,7 +336,6 @@ class Group:
             # A fresh order every round: a call inherits its predecessor's garbage and cold
             # caches, which a fixed (or rotated) order hands to the same implementation.
             for ts, (rec, fn, _, checked, self_timed) in round_order(pairs, r):
-                settle()
                 t0 = time.perf_counter()
                 out = fn()
                 block(out)

@@ -262,7 +262,6 @@ def _workload(sz: dict, peak: float, dev: str, precision: dict) -> list[dict]:
             # elsewhere in the round (its predecessor's garbage and cold caches); a fixed or
             # rotated order would always hand that to the same implementation.
             for name in C.round_order(names, r):
-                C.settle()
                 wall, _, cpu_s = _timed(impls[name][0])
                 times[name].append(wall)
                 cpu[name].append(cpu_s)
