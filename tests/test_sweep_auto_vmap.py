@@ -15,6 +15,7 @@ import pytest
 
 from gradflow import sweep as sw
 from gradflow.sweep import runner
+from gradflow.sweep import vmap_size as vs
 
 MiB = 1 << 20
 
@@ -22,7 +23,7 @@ MiB = 1 << 20
 def _brute_force(per, n, cache):
     """Tiny (per · TINY_SHARE <= cache): n; else the largest power of two g <= n with
     g · per <= cache (1 if none): the rule, by search."""
-    if per * min(n, runner.TINY_SHARE) <= cache:
+    if per * min(n, vs.TINY_SHARE) <= cache:
         return n
     fitting = [g for g in range(1, n + 1) if g * per <= cache and g & (g - 1) == 0]
     return max(fitting) if fitting else 1
@@ -30,15 +31,15 @@ def _brute_force(per, n, cache):
 
 def test_tiny_configurations_keep_full_vmap():
     # 512 configurations of 1 kB: 512 kB, fits a 2 MiB cache whole.
-    assert runner.choose_vmap_size(1000, 512, 2 * MiB, "cpu") == 512
-    assert runner.choose_vmap_size(0, 7, 1, "cpu") == 7  # nothing to hold: never worth splitting
-    assert runner.choose_vmap_size(2 * MiB, 1, 2 * MiB, "cpu") == 1  # exactly full, one config
+    assert vs.choose_vmap_size(1000, 512, 2 * MiB, "cpu") == 512
+    assert vs.choose_vmap_size(0, 7, 1, "cpu") == 7  # nothing to hold: never worth splitting
+    assert vs.choose_vmap_size(2 * MiB, 1, 2 * MiB, "cpu") == 1  # exactly full, one config
 
 
 def test_huge_configurations_go_one_at_a_time():
     # The benchmark's width-128, depth-40 Jacobian: ~12 MB by XLA's estimate, > a 2 MiB L2.
-    assert runner.choose_vmap_size(12_000_000, 16, 2 * MiB, "cpu") == 1
-    assert runner.choose_vmap_size(2 * MiB + 1, 64, 2 * MiB, "cpu") == 1
+    assert vs.choose_vmap_size(12_000_000, 16, 2 * MiB, "cpu") == 1
+    assert vs.choose_vmap_size(2 * MiB + 1, 64, 2 * MiB, "cpu") == 1
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def test_huge_configurations_go_one_at_a_time():
     ],
 )
 def test_chooser_matches_the_rule_by_search(per, n, cache):
-    got = runner.choose_vmap_size(per, n, cache, "cpu")
+    got = vs.choose_vmap_size(per, n, cache, "cpu")
     assert got == _brute_force(per, n, cache)
     if got < n:  # a proper group: fits, and twice as many would not
         assert got * per <= cache < 2 * got * per
@@ -63,12 +64,12 @@ def test_chooser_matches_the_rule_by_search(per, n, cache):
 
 @pytest.mark.parametrize("platform", ["gpu", "tpu", "cuda", "rocm"])
 def test_accelerators_vmap_the_whole_batch(platform):
-    assert runner.choose_vmap_size(10**9, 64, 2 * MiB, platform) == 64
-    assert runner.choose_vmap_size(10**9, 64, 2 * MiB, "cpu") == 1  # the same sizes on a CPU
+    assert vs.choose_vmap_size(10**9, 64, 2 * MiB, platform) == 64
+    assert vs.choose_vmap_size(10**9, 64, 2 * MiB, "cpu") == 1  # the same sizes on a CPU
 
 
 def test_unknown_estimate_keeps_full_vmap():
-    assert runner.choose_vmap_size(None, 33, 1, "cpu") == 33
+    assert vs.choose_vmap_size(None, 33, 1, "cpu") == 33
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ def test_unknown_estimate_keeps_full_vmap():
 )
 def test_chooser_rejects_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
-        runner.choose_vmap_size(*args)
+        vs.choose_vmap_size(*args)
 
 
 def _fake_sysfs(root, caches):
@@ -101,19 +102,19 @@ def test_cache_size_from_sysfs(tmp_path):
     # This machine's listing: L1d, L1i, a 2 MiB L2 per core, a (virtual) 480 MiB L3.
     full = [(1, "Data", "48K"), (1, "Instruction", "64K"), (2, "Unified", "2048K")]
     full.append((3, "Unified", "491520K"))
-    assert runner.cpu_cache_bytes(_fake_sysfs(tmp_path / "a", full)) == 2048 * 1024
+    assert vs.cpu_cache_bytes(_fake_sysfs(tmp_path / "a", full)) == 2048 * 1024
     # No L2 listed: the L3; sizes in M are read too.
     no_l2 = [(1, "Data", "32K"), (3, "Unified", "32M")]
-    assert runner.cpu_cache_bytes(_fake_sysfs(tmp_path / "b", no_l2)) == 32 * MiB
+    assert vs.cpu_cache_bytes(_fake_sysfs(tmp_path / "b", no_l2)) == 32 * MiB
     # An instruction-only L2 and a malformed data L2 do not count; the L3 answers.
     odd = [(2, "Instruction", "1024K"), (2, "Data", "lots"), (3, "Unified", "8192K")]
-    assert runner.cpu_cache_bytes(_fake_sysfs(tmp_path / "c", odd)) == 8 * MiB
+    assert vs.cpu_cache_bytes(_fake_sysfs(tmp_path / "c", odd)) == 8 * MiB
     # A cache directory missing its files is skipped, not an error.
     (tmp_path / "d" / "index0").mkdir(parents=True)
-    assert runner.cpu_cache_bytes(tmp_path / "d") == runner.DEFAULT_CACHE_BYTES
+    assert vs.cpu_cache_bytes(tmp_path / "d") == vs.DEFAULT_CACHE_BYTES
     # Not Linux (no such directory): the fallback constant.
-    assert runner.cpu_cache_bytes(tmp_path / "absent") == runner.DEFAULT_CACHE_BYTES
-    assert runner.cpu_cache_bytes() > 0  # this host, whatever it lists
+    assert vs.cpu_cache_bytes(tmp_path / "absent") == vs.DEFAULT_CACHE_BYTES
+    assert vs.cpu_cache_bytes() > 0  # this host, whatever it lists
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,9 +29,10 @@ Reproducibility: a configuration's numbers depend only on the configuration and 
 configurations are vmapped together on one device (``batch_size``, or ``vmap_size``; XLA may pick
 different kernels for different batch sizes). By default ``vmap_size`` is chosen per program so
 that the vmapped group's working set fits the CPU's L2 cache (a power of two; the whole batch on
-GPU/TPU: :func:`~gradflow.sweep.runner.choose_vmap_size`), so it can differ between hosts; the size
-used is recorded in the store's manifest and reused on resume; pass an integer to fix it. With the
-same ``batch_size``, 1 and 8 devices give bitwise-identical results (tested in float64).
+GPU/TPU, and a configuration under 1/16 of the cache is vmapped whole:
+:func:`~gradflow.sweep.vmap_size.choose_vmap_size`), so it can differ between hosts; the size used
+is recorded in the store's manifest and reused on resume; pass an integer to fix it. With the same
+``batch_size``, 1 and 8 devices give bitwise-identical results (tested in float64).
 ``memory_budget`` picks ``batch_size`` from a compiled memory estimate and caps it at what the grid
 needs on the available devices, so pass ``batch_size`` explicitly when bitwise equality across
 machines with different device counts matters.
