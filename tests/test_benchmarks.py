@@ -317,3 +317,15 @@ def test_accelerator_script_on_cpu(tmp_path):
     assert "cpu" in (out / "device.txt").read_text().lower()
     records = json.loads((out / "results.json").read_text())
     assert records and all(r["device"] for r in records)
+
+
+def test_every_passing_record_is_timed_without_torch(monkeypatch):
+    # The bug this guards: a workload that returned early when torch is missing left its
+    # group's timing rounds unrun, so gradflow's record said "ok" with no time (CI has no torch).
+    from benchmarks import bench_scaling
+
+    monkeypatch.setattr(C, "torch_or_none", lambda: None)
+    sizes = {"depths": (), "width": 4, "ks": (1,), "single": (2, 4), "repeats": 1}
+    records = bench_scaling.run(sizes=sizes)
+    assert {r["status"] for r in records} == {"ok", "skipped"}
+    assert all(r["median_s"] > 0 for r in records if r["status"] == "ok")
