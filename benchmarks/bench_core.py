@@ -129,24 +129,6 @@ def _with_rate(fields: dict, flops: float, peak_gflops: float | None) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_log_spectra(name, ref, got, *, floor=1e-3, atol=2e-3):
-    """Compares log singular values ``(..., n)`` of the same products.
-
-    Only σ_i >= ``floor`` · σ_1 are compared: a float32 product formed in a different order
-    carries absolute errors ~ eps · K · σ_1 (eps = 6e-8, K <= 100 steps), i.e. relative errors
-    below 1e-5/1e-3 = 1e-2 … at σ_i = 1e-3 σ_1 in the worst case and ~1e-4 typically; ``atol``
-    = 2e-3 in log σ is a relative error of 0.2 %. Smaller σ_i are rounding noise in any float32
-    method that forms the product, gradflow's included.
-    """
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    if ref.shape != got.shape:
-        raise C.CheckFailed(f"{name}: shape {got.shape} != reference {ref.shape}")
-    keep = ref >= ref[..., :1] + np.log(floor)
-    info = C.check_close(name, np.where(keep, ref, 0.0), np.where(keep, got, 0.0), atol=atol)
-    info["compared"] = f"log σ_i for σ_i >= {floor:g}·σ_1 ({int(keep.sum())} of {keep.size})"
-    return info
-
-
 class SetupA(NamedTuple):
     """Workload (a)'s model, input, stacked parameters of every init, and gradflow's call."""
 
@@ -203,7 +185,7 @@ def workload_a(sz: dict, repeats: int, peak: float | None) -> list[dict]:
         return records
     _products_only(sz, repeats, peak, model, x, params, records, batch)
     ref = np.asarray(ref)
-    check = functools.partial(_check_log_spectra, "log singular values", ref)
+    check = functools.partial(C.check_log_spectra, "log singular values", ref)
 
     # Peer 1: the plain JAX way — for each depth k, jacrev of the rest of the network.
     step = model.step

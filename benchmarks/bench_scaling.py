@@ -100,19 +100,6 @@ def _check_products(ref, got) -> dict:
     return info
 
 
-def _check_spectra(ref, got, *, top: int | None = None) -> dict:
-    """log σ_i (σ_i >= 1e-3 σ_1; see bench_core's check), of the top ``top`` values if given."""
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    if top is not None:
-        ref = ref[..., :top]
-    keep = ref >= ref[..., :1] + np.log(1e-3)
-    info = C.check_close(
-        "log singular values", np.where(keep, ref, 0.0), np.where(keep, got, 0.0), atol=2e-3
-    )
-    info["compared"] = f"log σ_i for σ_i >= 1e-3·σ_1 ({int(keep.sum())} of {keep.size})"
-    return info
-
-
 def _top_k(products, k: int):
     """gradflow's opt-in top-k route on formed products (values, residual bound)."""
     return jacobians.top_log_singular_values(products, k)
@@ -166,7 +153,7 @@ def scaling(depth: int, width: int, ks: tuple, repeats: int) -> list[dict]:
         return records
 
     def check_top(got, k):
-        info = _check_spectra(ref, got.log_values, top=k)
+        info = C.check_log_spectra("log singular values", ref, got.log_values, top=k)
         if not bool(np.all(got.converged)):
             raise C.CheckFailed(f"top-k: {int((~np.asarray(got.converged)).sum())} not converged")
         # The certificate of the top value: a true σ_1 lies within −log(1 − r) of it.
@@ -189,7 +176,7 @@ def scaling(depth: int, width: int, ks: tuple, repeats: int) -> list[dict]:
         "per-depth loop (jax.jacfwd of layers k…K for each k) + full SVD",
         dev,
         lambda: svd(loop()),
-        check=lambda got: _check_spectra(ref, got),
+        check=functools.partial(C.check_log_spectra, "log singular values", ref),
         extra=extra,
     )
     C.flush()
